@@ -1,0 +1,112 @@
+"""The configuration of one training run: built once on the driver, rebuilt from a plain dict
+as the first line of every worker, logged as MLflow params and stored in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from training.models import resolve_spec
+from training.transforms import AUGMENTS
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # What is trained.
+    arch: str = "residual"
+    depth: int = 20
+    dataset: str = "cifar"  # model family: "cifar" or "imagenet" ([P1] Sec. 4.2 / 3.4)
+    shortcut: str | None = None  # None: the family's default (A for cifar, B for imagenet)
+    stride_in_1x1: bool = False
+    zero_init_residual: bool = False
+    num_classes: int | None = None  # None: the number of classes in the data's manifest
+    seed: int = 0
+    # Data.
+    data_url: str = "s3://depthlab/demo-data"
+    image_size: int = 32
+    augment: str = "cifar"
+    loader_workers: int = 0  # DataLoader worker processes per training worker
+    # Optimisation ([P1] 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 with step decay).
+    epochs: int = 10
+    global_batch_size: int = 128
+    num_workers: int = 1  # DDP world size
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run where lr drops
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_lr: float = 0.01  # [P1]/[P2]: a constant 0.01 before the first step at full lr
+    # Execution.
+    use_gpu: bool = False
+    precision: str = "fp32"
+    channels_last: bool = True
+    log_every_steps: int = 10
+    # Tracking (filled by the orchestrator; empty in a plain single process).
+    mlflow_run_id: str = ""
+    run_name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # Lists from YAML become tuples so the config stays hashable and immutable.
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        validate(self)
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.global_batch_size // self.num_workers
+
+    def model_options(self) -> dict:
+        opts = {"stride_in_1x1": self.stride_in_1x1, "zero_init_residual": self.zero_init_residual}
+        if self.shortcut:
+            opts["shortcut"] = self.shortcut
+        return opts
+
+    def resolved_shortcut(self) -> str:
+        return resolve_spec(self.arch, self.depth, dataset=self.dataset,
+                            **self.model_options()).shortcut
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown training setting(s) {unknown}; valid: "
+                f"{', '.join(f.name for f in dataclasses.fields(cls))}"
+            )
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ValueError with one clear message for an impossible configuration."""
+    resolve_spec(cfg.arch, cfg.depth, dataset=cfg.dataset, **cfg.model_options())
+    if cfg.augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {cfg.precision!r}: choose one of {PRECISIONS}")
+    positive = ("epochs", "global_batch_size", "num_workers", "image_size", "log_every_steps")
+    for name in positive:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if cfg.global_batch_size % cfg.num_workers:
+        raise ValueError(
+            f"global_batch_size {cfg.global_batch_size} is not divisible by num_workers "
+            f"{cfg.num_workers}"
+        )
+    if cfg.lr <= 0 or cfg.warmup_lr < 0 or cfg.warmup_steps < 0 or cfg.loader_workers < 0:
+        raise ValueError("lr must be positive; warmup_lr, warmup_steps, loader_workers >= 0")
+    if any(not 0 < m < 1 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(cfg.lr_milestones):
+        raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {cfg.lr_milestones}")
+    if not cfg.data_url:
+        raise ValueError("data_url is empty: give a local folder or s3://bucket/prefix")

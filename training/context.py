@@ -1,0 +1,77 @@
+"""Where a worker runs: its rank, its device, and how it reports and restores.
+
+The training loop sees only this small object, so it runs the same in a plain single process
+(rank 0 of 1: a GPU box, a test) and under Ray Train (see ``training.ray_worker``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("depthlab")
+
+
+class NullTracker:
+    """Metrics sink of every rank but 0, and of runs without MLflow: does nothing."""
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # report(metrics, checkpoint_dir | None): every rank calls it the same number of times.
+    report: Callable[[dict, str | None], None] | None = None
+    # The directory of the checkpoint to resume from, or None for a fresh start.
+    restore_dir: str | None = None
+    tracker: object = field(default_factory=NullTracker)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def print0(self, *args) -> None:
+        if self.is_main:
+            print(*args, flush=True)
+
+
+class LocalCheckpoints:
+    """``report`` for a single process: keeps the newest checkpoint in a local folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.reports: list[dict] = []
+
+    def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir:
+            target = self.folder / "latest"
+            tmp = Path(tempfile.mkdtemp(dir=self.folder.parent if self.folder.exists() else None))
+            shutil.copytree(checkpoint_dir, tmp / "ckpt")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            (tmp / "ckpt").rename(target)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def latest(self) -> str | None:
+        target = self.folder / "latest"
+        return str(target) if target.exists() else None

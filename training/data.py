@@ -1,0 +1,289 @@
+"""Streaming WebDataset shards (local folder or s3://) into ``(images, labels)`` batches.
+
+A split is ``<data_url>/<split>/`` holding ``shard-*.tar`` and ``manifest.json`` (shard names and
+sample counts). Because the manifest gives every shard's sample count, the whole epoch is planned
+up front as a pure function of (seed, epoch, rank, world size): each rank and each loader worker
+knows exactly which samples it reads before it opens a shard. That is what makes the guarantees
+below exact rather than approximate.
+
+Training: the shards are put in a seeded order for the epoch and concatenated; rank r takes the
+r-th of ``world_size`` equal slices, each a whole number of batches. The remainder (fewer than
+``world_size * batch_size`` samples) is dropped for that epoch only: the next epoch's shard order
+moves different samples to the tail. Within a rank, a seeded shuffle buffer mixes the samples.
+Evaluation: the samples are split into contiguous slices of nearly equal size, one per rank, and
+every sample is read exactly once; the last batch of a rank may be short.
+
+Images are decoded to uint8 tensors in the loader workers; normalisation happens on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import random
+import tarfile
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from training import storage
+from training.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    split: str
+    shards: tuple[str, ...]
+    counts: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+
+def read_manifest(data_url: str, split: str) -> Manifest:
+    url = storage.join(data_url, split, "manifest.json")
+    try:
+        raw = json.loads(storage.read_bytes(url))
+    except storage.StorageError as exc:
+        raise storage.StorageError(
+            f"no usable manifest for split {split!r}: {exc}. Build the shards first "
+            f"(python pipelines/build_shards.py SOURCE {data_url})"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise storage.StorageError(f"{url} is not valid JSON: {exc}") from None
+    shards = raw.get("shards") or []
+    if not shards:
+        raise storage.StorageError(f"{url} lists no shards")
+    return Manifest(
+        split=split,
+        shards=tuple(s["name"] for s in shards),
+        counts=tuple(int(s["num_samples"]) for s in shards),
+        classes=tuple(raw.get("classes", ())),
+    )
+
+
+# A read of samples [start, stop) of shard number `shard`, in the shard's own order.
+Range = tuple[int, int, int]
+
+
+def _slice_ranges(order: list[int], counts, lo: int, hi: int) -> list[Range]:
+    """The pieces of the concatenated shards (in ``order``) covering global samples [lo, hi)."""
+    out, offset = [], 0
+    for s in order:
+        n = counts[s]
+        a, b = max(lo, offset), min(hi, offset + n)
+        if a < b:
+            out.append((s, a - offset, b - offset))
+        offset += n
+        if offset >= hi:
+            break
+    return out
+
+
+def plan_epoch(counts, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
+               train: bool) -> list[Range]:
+    """Which samples this rank reads this epoch: a pure function of its arguments."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    total = sum(counts)
+    order = list(range(len(counts)))
+    if train:
+        random.Random(f"{seed}/{epoch}/shards").shuffle(order)
+        per_rank = (total // world_size) // batch_size * batch_size
+        if per_rank == 0:
+            raise ValueError(
+                f"{total} training samples cannot give each of {world_size} ranks one full "
+                f"batch of {batch_size}"
+            )
+        lo = rank * per_rank
+        return _slice_ranges(order, counts, lo, lo + per_rank)
+    base, extra = divmod(total, world_size)
+    lo = rank * base + min(rank, extra)
+    return _slice_ranges(order, counts, lo, lo + base + (1 if rank < extra else 0))
+
+
+def split_ranges(ranges: list[Range], parts: int, part: int, batch_size: int) -> list[Range]:
+    """Part ``part`` of ``parts`` of a rank's ranges, cut at batch boundaries (loader workers)."""
+    total = sum(b - a for _, a, b in ranges)
+    nbatches = -(-total // batch_size)
+    per, extra = divmod(nbatches, parts)
+    first_batch = part * per + min(part, extra)
+    lo = first_batch * batch_size
+    hi = min(total, lo + (per + (1 if part < extra else 0)) * batch_size)
+    out, offset = [], 0
+    for s, a, b in ranges:
+        n = b - a
+        x, y = max(lo, offset), min(hi, offset + n)
+        if x < y:
+            out.append((s, a + x - offset, a + y - offset))
+        offset += n
+    return out
+
+
+def iter_tar_samples(stream):
+    """Group the members of a WebDataset tar stream into ``(key, {ext: bytes})`` samples.
+
+    A truncated or corrupt tar ends the shard early with a warning; the caller counts what is
+    missing.
+    """
+    current_key, current = None, {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                key, _, ext = name.partition(".")
+                if key != current_key and current_key is not None:
+                    yield current_key, current
+                    current = {}
+                current_key = key
+                current[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        log.warning("shard stream ended early: %s", exc)
+    if current_key is not None:
+        yield current_key, current
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Yields ``(images uint8 NCHW, labels int64, skipped)`` batches for one rank."""
+
+    def __init__(self, data_url, manifest: Manifest, ranges: list[Range], *, batch_size,
+                 transform, shuffle_seed: str | None, skip_batches: int = 0,
+                 shuffle_buffer: int = 2000):
+        super().__init__()
+        self.skip_batches = skip_batches
+        self.data_url, self.manifest, self.ranges = data_url, manifest, ranges
+        self.batch_size, self.transform = batch_size, transform
+        self.shuffle_seed, self.shuffle_buffer = shuffle_seed, shuffle_buffer
+
+    def _samples(self, ranges):
+        for shard, start, stop in ranges:
+            url = storage.join(self.data_url, self.manifest.split, self.manifest.shards[shard])
+            got = 0
+            with storage.open_stream(url) as stream:
+                for i, (key, parts) in enumerate(iter_tar_samples(stream)):
+                    if i < start:
+                        continue  # skipped without decoding
+                    if i >= stop:
+                        break
+                    got += 1
+                    yield key, parts
+            if got < stop - start:
+                log.warning("%s: %d of %d samples missing", url, stop - start - got, stop - start)
+                for _ in range(stop - start - got):
+                    yield None, None  # keep the slot so batch counts stay equal across ranks
+
+    def _decode(self, key, parts):
+        if parts is None:
+            return None
+        try:
+            label = int(parts["cls"])
+            image = Image.open(io.BytesIO(parts["jpg"]))
+            image.draft("RGB", (image.width, image.height))  # no-op at full size; cheap hint
+            return self.transform(image.convert("RGB")), label
+        except Exception as exc:  # corrupt JPEG, missing label: skip and count
+            log.warning("skipping bad sample %s: %s", key, exc)
+            return None
+
+    def _shuffled(self, items, seed):
+        if seed is None:
+            yield from items
+            return
+        rng, buf = random.Random(seed), []
+        for item in items:
+            buf.append(item)
+            if len(buf) >= self.shuffle_buffer:
+                j = rng.randrange(len(buf))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                yield buf.pop()
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        storage.register_webdataset_s3()
+        ranges = split_ranges(self.ranges, nworkers, wid, self.batch_size)
+        seed = None if self.shuffle_seed is None else f"{self.shuffle_seed}/{wid}"
+        # DataLoader takes batches from its workers in turn, so global batch j came from worker
+        # j % nworkers: this worker's share of the batches consumed before a resume.
+        mine = max(0, -(-(self.skip_batches - wid) // nworkers))
+        stream = itertools.islice(self._shuffled(self._samples(ranges), seed),
+                                  mine * self.batch_size, None)  # dropped before decoding
+        images, labels, skipped = [], [], 0
+        slots = 0
+        for key, parts in stream:
+            sample = self._decode(key, parts)
+            slots += 1
+            if sample is None:
+                skipped += 1
+            else:
+                images.append(sample[0])
+                labels.append(sample[1])
+            if slots == self.batch_size:
+                yield self._collate(images, labels, skipped)
+                images, labels, skipped, slots = [], [], 0, 0
+        if slots:
+            yield self._collate(images, labels, skipped)
+
+    @staticmethod
+    def _collate(images, labels, skipped):
+        if not images:
+            return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+        return torch.stack(images), torch.tensor(labels, dtype=torch.long), skipped
+
+
+class ShardLoader:
+    """Iterates ``(images, labels)``; ``skipped`` counts bad samples seen so far."""
+
+    def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool):
+        self.dataset = dataset
+        total = sum(b - a for _, a, b in dataset.ranges)
+        self.num_batches = max(0, -(-total // dataset.batch_size) - dataset.skip_batches)
+        self.skipped = 0
+        self._loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+            persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        )
+
+    def __len__(self):
+        return self.num_batches
+
+    def __iter__(self):
+        for images, labels, skipped in self._loader:
+            self.skipped += skipped
+            if len(labels):
+                yield images, labels
+
+
+def build_loader(data_url: str, split: str, *, batch_size: int, rank: int = 0,
+                 world_size: int = 1, epoch: int = 0, seed: int = 0, train: bool | None = None,
+                 image_size: int = 32, augment: str = "cifar", num_workers: int = 0,
+                 skip_batches: int = 0, pin_memory: bool = False,
+                 manifest: Manifest | None = None) -> ShardLoader:
+    """A loader of ``(images, labels)`` batches for one rank; see the module docstring.
+
+    ``train`` defaults to ``split == "train"``. ``skip_batches`` resumes mid-epoch: the samples
+    of the batches already consumed are read in the same order and dropped before decoding, so
+    the rest of the epoch is exactly what an uninterrupted run would have seen.
+    """
+    train = (split == "train") if train is None else train
+    manifest = manifest or read_manifest(data_url, split)
+    ranges = plan_epoch(manifest.counts, rank=rank, world_size=world_size, batch_size=batch_size,
+                        seed=seed, epoch=epoch, train=train)
+    dataset = ShardStream(
+        data_url, manifest, ranges, batch_size=batch_size,
+        transform=build_transform(augment, image_size, train=train),
+        shuffle_seed=f"{seed}/{epoch}/{rank}" if train else None, skip_batches=skip_batches,
+    )
+    return ShardLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
