@@ -1,0 +1,458 @@
+"""The embedded local stack: an S3 server, an MLflow tracking server and a Ray head node.
+
+    python infra/local/stack.py up|down|status|env [--state-dir DIR] [--ports default|auto]
+    python infra/local/stack.py submit -- python pipelines/compare_depths.py ...
+
+Everything listens on 127.0.0.1 (except Ray's GCS and raylet, which listen on every interface
+whatever they are told; Ray's token authentication, left on, guards them). State, logs and pids
+live under one git-ignored folder (``.depthlab/`` by default). ``down`` stops only the processes
+``up`` started, found by process id and process tree, never with ``ray stop``.
+
+The S3 server (moto) keeps objects in memory, so ``up`` re-creates the bucket and the demo
+shards whenever it (re)starts the S3 server. MLflow's run records live in SQLite under the state
+folder; their artifacts live in the bucket and do not survive an S3 server restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+BUCKET = "depthlab"
+DEMO_PREFIX = "demo-data"
+# moto accepts any credentials; these are not secrets.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "depthlab-local", "AWS_SECRET_ACCESS_KEY": "depthlab-local",
+                     "AWS_DEFAULT_REGION": "us-east-1"}
+# `make up` uses these so that `ray job submit` finds the dashboard at Ray's default address.
+DEFAULT_PORTS = {"s3": 9400, "mlflow": 5050, "ray_gcs": 6390, "ray_dashboard": 8265,
+                 "ray_client": 6391, "agent_listen": 6392, "agent_grpc": 6393,
+                 "runtime_env_agent": 6394, "metrics": 6395, "node_manager": 6396,
+                 "object_manager": 6397, "min_worker": 27000, "max_worker": 27199}
+WORKER_PORTS = 200
+
+
+def bin_path(name: str) -> str:
+    """An executable of this Python's environment (the venv), falling back to PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def state_dir_from(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("DEPTHLAB_STATE_DIR") or REPO_ROOT / ".depthlab").resolve()
+
+
+def load_state(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "stack.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def save_state(folder: Path, state: dict) -> None:
+    tmp = folder / "stack.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(folder / "stack.json")
+
+
+# ---------------------------------------------------------------------------- ports and health
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def auto_ports() -> dict:
+    """Free ports for every service, and a free block for Ray's workers (tests use this)."""
+    ports, taken = {}, set()
+    for name in DEFAULT_PORTS:
+        if name in ("min_worker", "max_worker"):
+            continue
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            # Stay outside Ray's default worker range, which Ray refuses for its own ports.
+            if port not in taken and not 10002 <= port <= 19999:
+                break
+        ports[name] = port
+        taken.add(port)
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - WORKER_PORTS)
+        block = range(base, base + WORKER_PORTS)
+        if not taken.intersection(block) and all(port_free(p) for p in block[::10]):
+            ports["min_worker"], ports["max_worker"] = base, base + WORKER_PORTS - 1
+            return ports
+    raise RuntimeError("no free block of ports for Ray's workers")
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500  # answering at all (e.g. 401/403/404) means it is up
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None,
+             log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = ""
+    if log and log.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise RuntimeError(f"{what} did not become healthy within {timeout:.0f}s"
+                       + (f"; last lines of {log}:\n{tail}" if tail else ""))
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------------------- processes
+
+def spawn(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """Start a service in its own process group (so down can stop it and its children)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=REPO_ROOT)
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    except OSError:
+        return ""
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    children, seen, stack = _children_map(), [], list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in seen or not pid_alive(pid):
+            continue
+        seen.append(pid)
+        stack.extend(children.get(pid, []))
+    return seen
+
+
+def ray_processes(temp_dir: str, gcs_port: int) -> list[int]:
+    """The Ray processes of our head: those naming our temp dir, and everything under them.
+
+    Agents and idle workers no longer name the temp dir on their command line, so the whole
+    tree under the GCS and the raylet is collected before anything is killed. The Ray client
+    server names neither and is nobody's child: it is known by the GCS address it serves.
+    """
+    me = os.getpid()
+
+    def ours(cmd: str) -> bool:
+        return temp_dir in cmd or ("ray.util.client.server" in cmd
+                                   and f":{gcs_port} " in cmd.replace(",", " "))
+
+    roots = [int(p.name) for p in Path("/proc").iterdir()
+             if p.name.isdigit() and int(p.name) != me and ours(_cmdline(int(p.name)))]
+    return process_tree(roots)
+
+
+def terminate(pids: list[int], grace: float = 8.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def stop_group(pid: int | None) -> None:
+    if not pid_alive(pid):
+        return
+    terminate(process_tree([pid]))
+
+
+# ---------------------------------------------------------------------------- the services
+
+def service_env(state: dict) -> dict:
+    ports = state["ports"]
+    return {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
+        **LOCAL_CREDENTIALS,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
+        "RAY_ADDRESS": f"127.0.0.1:{ports['ray_gcs']}",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['ray_dashboard']}",
+        "RAY_AUTH_MODE": "token",
+    }
+
+
+def urls(state: dict) -> dict:
+    ports = state["ports"]
+    return {
+        "s3": f"http://127.0.0.1:{ports['s3']}",
+        "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+        "ray_dashboard": f"http://127.0.0.1:{ports['ray_dashboard']}",
+        "ray_gcs": f"127.0.0.1:{ports['ray_gcs']}",
+    }
+
+
+def s3_healthy(state: dict) -> bool:
+    return pid_alive(state.get("pids", {}).get("s3")) and http_ok(urls(state)["s3"] + "/moto-api/")
+
+
+def mlflow_healthy(state: dict) -> bool:
+    return pid_alive(state.get("pids", {}).get("mlflow")) and http_ok(urls(state)["mlflow"] + "/health")
+
+
+def ray_healthy(state: dict) -> bool:
+    return bool(ray_processes(state.get("ray_temp_dir", "\0"), state["ports"]["ray_gcs"])) and http_ok(
+        urls(state)["ray_dashboard"] + "/api/version")
+
+
+def start_s3(state: dict, folder: Path, env: dict) -> None:
+    proc = spawn([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(state["ports"]["s3"])],
+                 folder / "logs" / "s3.log", env)
+    state["pids"]["s3"] = proc.pid
+    wait_for(lambda: http_ok(urls(state)["s3"] + "/moto-api/"), "S3 server (moto)", 60, proc,
+             folder / "logs" / "s3.log")
+
+
+def seed_demo_data(state: dict, folder: Path, env: dict) -> None:
+    """The bucket and the demo shards: moto forgets them on every restart."""
+    os.environ.update(env)
+    from orchestrator.demo_data import generate
+    from orchestrator.shards import build_split
+    from training import storage
+
+    storage.ensure_bucket(f"s3://{BUCKET}")
+    dest = f"s3://{BUCKET}/{DEMO_PREFIX}"
+    if storage.exists(storage.join(dest, "val", "manifest.json")):
+        return
+    print("  building the demo dataset and its shards ...", flush=True)
+    images = generate(folder / "demo-images")
+    for split in ("train", "val"):
+        build_split(images, dest, split, shard_size=500)
+
+
+def start_mlflow(state: dict, folder: Path, env: dict) -> None:
+    ports = state["ports"]
+    # The job runner (huey consumers for GenAI scorers) costs seven processes and a core at
+    # start; depthlab does not use it.
+    mlenv = dict(env, MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{ports['s3']}",
+                 MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    cmd = [bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
+           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+           "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--workers", "1"]
+    proc = spawn(cmd, folder / "logs" / "mlflow.log", mlenv)
+    state["pids"]["mlflow"] = proc.pid
+    # On 2 cores the first start (database migrations) takes up to a minute.
+    wait_for(lambda: http_ok(urls(state)["mlflow"] + "/health"), "MLflow server", 180, proc,
+             folder / "logs" / "mlflow.log")
+
+
+def start_ray(state: dict, folder: Path, env: dict) -> None:
+    p = state["ports"]
+    cmd = [bin_path("ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+           "--port", str(p["ray_gcs"]), "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(p["ray_dashboard"]), "--ray-client-server-port", str(p["ray_client"]),
+           "--dashboard-agent-listen-port", str(p["agent_listen"]),
+           "--dashboard-agent-grpc-port", str(p["agent_grpc"]),
+           "--runtime-env-agent-port", str(p["runtime_env_agent"]),
+           "--metrics-export-port", str(p["metrics"]), "--node-manager-port", str(p["node_manager"]),
+           "--object-manager-port", str(p["object_manager"]),
+           "--min-worker-port", str(p["min_worker"]), "--max-worker-port", str(p["max_worker"]),
+           "--temp-dir", state["ray_temp_dir"], "--num-cpus", str(state["num_cpus"]),
+           "--object-store-memory", str(512 * 1024 * 1024), "--disable-usage-stats"]
+    # The head's environment reaches every job driver and worker: endpoints and the local
+    # (non-secret) credentials, so Ray Train can write checkpoints to the local S3 server.
+    # Token authentication stays on: a token is made once (in Ray's default place,
+    # ~/.ray/auth_token, where every client looks) and the head starts with RAY_AUTH_MODE=token.
+    ensure_ray_token()
+    renv = dict(env, RAY_AUTH_MODE="token", PYTHONPATH=str(REPO_ROOT))
+    log = folder / "logs" / "ray-start.log"
+    with open(log, "ab") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=renv, cwd=REPO_ROOT,
+                            timeout=180).returncode
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"ray start failed (exit {rc}):\n{tail}")
+    wait_for(lambda: ray_healthy(state), "Ray dashboard", 90)
+
+
+def ensure_ray_token() -> None:
+    token = Path.home() / ".ray" / "auth_token"
+    if not token.exists():
+        # The command prints the token: keep it out of every log.
+        subprocess.run([bin_path("ray"), "get-auth-token", "--generate"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    token.chmod(0o600)  # Ray writes it world-readable; only this user needs it
+
+
+def up(folder: Path, ports: str, num_cpus: int | None) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = load_state(folder)
+    if not state.get("ports"):
+        state["ports"] = auto_ports() if ports == "auto" else dict(DEFAULT_PORTS)
+        digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
+        # Short: Ray's unix socket paths must stay under 108 characters.
+        state["ray_temp_dir"] = f"/tmp/dlray-{digest}"
+        state["num_cpus"] = num_cpus or os.cpu_count() or 2
+        state["pids"] = {}
+    env = dict(os.environ, **service_env(state))
+    env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join another cluster
+    save_state(folder, state)
+
+    if not s3_healthy(state):
+        stop_group(state["pids"].get("s3"))
+        print(f"  starting S3 server on {urls(state)['s3']}", flush=True)
+        start_s3(state, folder, env)
+        save_state(folder, state)
+    seed_demo_data(state, folder, env)
+    if not mlflow_healthy(state):
+        stop_group(state["pids"].get("mlflow"))
+        print(f"  starting MLflow server on {urls(state)['mlflow']}", flush=True)
+        start_mlflow(state, folder, env)
+        save_state(folder, state)
+    if not ray_healthy(state):
+        terminate(ray_processes(state["ray_temp_dir"], state["ports"]["ray_gcs"]))
+        print(f"  starting Ray head (dashboard {urls(state)['ray_dashboard']})", flush=True)
+        start_ray(state, folder, env)
+    state["env"] = service_env(state)
+    state["urls"] = urls(state)
+    save_state(folder, state)
+    return state
+
+
+def down(folder: Path) -> None:
+    state = load_state(folder)
+    if not state:
+        print("  nothing to stop")
+        return
+    temp_dir = state.get("ray_temp_dir")
+    if temp_dir:
+        terminate(ray_processes(temp_dir, state["ports"]["ray_gcs"]))
+    for name in ("mlflow", "s3"):
+        stop_group(state.get("pids", {}).get(name))
+    state["pids"] = {}
+    state.pop("env", None)  # clients must no longer be pointed at stopped services
+    save_state(folder, state)
+    print("  stopped")
+
+
+def status(folder: Path) -> bool:
+    state = load_state(folder)
+    if not state.get("ports"):
+        print("local stack: not started (make up)")
+        return False
+    checks = {"s3": s3_healthy(state), "mlflow": mlflow_healthy(state),
+              "ray_dashboard": ray_healthy(state)}
+    names = {"s3": "S3 server (moto)", "mlflow": "MLflow UI", "ray_dashboard": "Ray dashboard"}
+    for key, ok in checks.items():
+        print(f"  {names[key]:<18} {urls(state)[key]:<28} {'up' if ok else 'DOWN'}")
+    print(f"  {'Ray cluster':<18} {urls(state)['ray_gcs']:<28} {'up' if checks['ray_dashboard'] else 'DOWN'}")
+    print(f"  {'demo data':<18} s3://{BUCKET}/{DEMO_PREFIX}")
+    print(f"  {'state and logs':<18} {folder}")
+    return all(checks.values())
+
+
+def submit(folder: Path, entrypoint: list[str]) -> int:
+    state = load_state(folder)
+    if not state.get("env"):
+        print("the local stack is not running: make up", file=sys.stderr)
+        return 2
+    env = dict(os.environ, **{k: v for k, v in state["env"].items() if k not in os.environ})
+    cmd = [bin_path("ray"), "job", "submit", "--address", state["env"]["RAY_API_SERVER_ADDRESS"],
+           "--working-dir", str(REPO_ROOT), "--", *entrypoint]
+    return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("up", "down", "status", "env", "submit"))
+    p.add_argument("--state-dir", help="state folder (default .depthlab/ in the repository)")
+    p.add_argument("--ports", choices=("default", "auto"), default="default",
+                   help="default: fixed ports (dashboard on 8265); auto: free ports (tests)")
+    p.add_argument("--num-cpus", type=int, help="CPUs the Ray head advertises")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # With submit, everything after "--" is the job's entrypoint, untouched by argparse.
+    entrypoint = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    folder = state_dir_from(args.state_dir)
+    try:
+        if args.command == "up":
+            print("local stack: starting")
+            up(folder, args.ports, args.num_cpus)
+            status(folder)
+            return 0
+        if args.command == "down":
+            down(folder)
+            return 0
+        if args.command == "status":
+            return 0 if status(folder) else 1
+        if args.command == "env":
+            for k, v in load_state(folder).get("env", {}).items():
+                print(f"export {k}={v}")
+            return 0
+        if not entrypoint:
+            p.error("submit needs an entrypoint after --")
+        return submit(folder, entrypoint)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"local stack: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Everything the driver does with Ray: connect, and run one training run as a TorchTrainer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from orchestrator.endpoints import REPO_ROOT, worker_env
+from orchestrator.spec import ClusterSpec
+from training import storage
+from training.config import TrainConfig
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def connect() -> None:
+    """Join the Ray cluster named by ``RAY_ADDRESS`` (the embedded stack's by default)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env: dict = {"env_vars": worker_env()}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        # Not inside `ray job submit`: ship this checkout so the workers run the same code.
+        runtime_env.update(working_dir=str(REPO_ROOT), excludes=[".git", "bench/results", "*.png"])
+    address = os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING",
+                 log_to_driver=True)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {address}: {exc}. Start the local stack with "
+            "`make up`, or set RAY_ADDRESS to your cluster"
+        ) from None
+
+
+def cluster_capacity() -> dict:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def storage_location(path: str):
+    """``(storage_path, filesystem)`` for Ray Train. pyarrow ignores ``AWS_ENDPOINT_URL``, so an
+    S3 filesystem with the endpoint set explicitly is built here."""
+    if not storage.is_s3(path):
+        return path, None
+    import pyarrow.fs
+
+    bucket, key = storage.split_s3(path)
+    options = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["endpoint_override"] = endpoint
+        options["scheme"] = "https" if endpoint.startswith("https") else "http"
+    return f"{bucket}/{key}".rstrip("/"), pyarrow.fs.S3FileSystem(**options)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_name: str
+    ok: bool
+    metrics: dict
+    error: str = ""
+
+
+def run_training(cfg: TrainConfig, cluster: ClusterSpec, sweep_id: str) -> RunOutcome:
+    """Run one (arch, depth, seed) on Ray Train and wait for it.
+
+    The Ray Train run name is derived from the sweep id and the run, so submitting the same
+    sweep again resumes it from its newest checkpoint in ``storage_path``.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.ray_worker import train_func
+
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.use_gpu:
+        resources["GPU"] = cluster.gpus_per_worker
+    path, filesystem = storage_location(cluster.storage_path)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cluster.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{sweep_id}-{cfg.run_name}", storage_path=path, storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=cluster.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # a run that fails beyond its retries must not stop the sweep
+        return RunOutcome(cfg.run_name, False, {}, f"{type(exc).__name__}: {exc}")
+    if result.error:
+        return RunOutcome(cfg.run_name, False, dict(result.metrics or {}), str(result.error))
+    return RunOutcome(cfg.run_name, True, dict(result.metrics or {}))

@@ -1,0 +1,215 @@
+"""The comparison report of a sweep: a table beside the papers' figures, curves, verdicts.
+
+Built from plain run records (the MLflow record of a sweep, see ``records_from_mlflow``), so the
+report of any finished sweep can be rebuilt from MLflow alone. Everything here except the plot
+and the MLflow read is a pure function.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAMILIES = ("plain", "residual", "preact")
+
+# Top-1 error (%) the papers report, keyed by (data, arch, depth). [P1] Table 2 (ImageNet, 10-crop,
+# option A), Table 3 (ResNet-50/101/152, B), Table 6 (CIFAR-10); [P2] Table 3 (CIFAR-10).
+PAPER_TOP1 = {
+    ("imagenet", "plain", 18): 27.94, ("imagenet", "plain", 34): 28.54,
+    ("imagenet", "residual", 18): 27.88, ("imagenet", "residual", 34): 25.03,
+    ("imagenet", "residual", 50): 22.85, ("imagenet", "residual", 101): 21.75,
+    ("imagenet", "residual", 152): 21.43,
+    ("imagenet", "preact", 152): 21.1, ("imagenet", "preact", 200): 20.7,
+    ("cifar10", "residual", 20): 8.75, ("cifar10", "residual", 32): 7.51,
+    ("cifar10", "residual", 44): 7.17, ("cifar10", "residual", 56): 6.97,
+    ("cifar10", "residual", 110): 6.43, ("cifar10", "residual", 1202): 7.93,
+    ("cifar10", "residual", 164): 5.93, ("cifar10", "residual", 1001): 7.61,
+    ("cifar10", "preact", 110): 6.37, ("cifar10", "preact", 164): 5.46,
+    ("cifar10", "preact", 1001): 4.92,
+}
+PAPER_TOP5 = {
+    ("imagenet", "plain", 34): 10.02, ("imagenet", "residual", 34): 7.76,
+    ("imagenet", "residual", 50): 6.71, ("imagenet", "residual", 101): 6.05,
+    ("imagenet", "residual", 152): 5.71, ("imagenet", "preact", 152): 5.5,
+    ("imagenet", "preact", 200): 5.3,
+}
+
+
+@dataclass
+class RunRecord:
+    arch: str
+    depth: int
+    seed: int
+    status: str = "FINISHED"
+    run_id: str = ""
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def last(self, key: str) -> float | None:
+        points = self.history.get(key) or []
+        return points[-1][1] if points else None
+
+    def tail_mean(self, key: str, fraction: float = 0.1) -> float | None:
+        """Mean of the last ``fraction`` of the points (at least one): less noisy than the last."""
+        points = self.history.get(key) or []
+        if not points:
+            return None
+        n = max(1, round(len(points) * fraction))
+        return statistics.fmean(v for _, v in points[-n:])
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(records: list[RunRecord], data_name: str = "") -> dict:
+    """Per (arch, depth): final errors averaged over seeds, the paper's figure, and verdicts."""
+    groups: dict[tuple[str, int], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.arch, r.depth), []).append(r)
+    rows = []
+    for (arch, depth), runs in sorted(groups.items(), key=lambda kv: (
+            FAMILIES.index(kv[0][0]) if kv[0][0] in FAMILIES else 9, kv[0][1])):
+        done = [r for r in runs if r.status == "FINISHED"]
+        rows.append({
+            "arch": arch, "depth": depth, "seeds": len(done), "runs": len(runs),
+            "train_error_top1": _mean(r.tail_mean("train/error_top1") for r in done),
+            "val_error_top1": _mean(r.last("val/error_top1") for r in done),
+            "val_error_top5": _mean(r.last("val/error_top5") for r in done),
+            "val_error_top1_per_seed": [r.last("val/error_top1") for r in done],
+            "paper_val_error_top1": PAPER_TOP1.get((data_name, arch, depth)),
+            "paper_val_error_top5": PAPER_TOP5.get((data_name, arch, depth)),
+        })
+    return {"data": data_name, "rows": rows, "verdicts": verdicts(rows)}
+
+
+def _row(rows, arch, depth):
+    return next((r for r in rows if r["arch"] == arch and r["depth"] == depth), None)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """Statements in words about depth and architecture, each with the numbers behind it."""
+    out = []
+    for arch in FAMILIES:
+        depths = sorted(r["depth"] for r in rows if r["arch"] == arch
+                        and r["train_error_top1"] is not None and r["val_error_top1"] is not None)
+        if len(depths) < 2:
+            continue
+        lo, hi = _row(rows, arch, depths[0]), _row(rows, arch, depths[-1])
+        dt = hi["train_error_top1"] - lo["train_error_top1"]
+        dv = hi["val_error_top1"] - lo["val_error_top1"]
+        numbers = (f"train error {hi['train_error_top1']:.2f}% vs {lo['train_error_top1']:.2f}%, "
+                   f"val error {hi['val_error_top1']:.2f}% vs {lo['val_error_top1']:.2f}%")
+        a, b = f"{arch}-{depths[-1]}", f"{arch}-{depths[0]}"
+        if dt > 0 and dv > 0:
+            text = f"{a} trains and validates worse than {b} ({numbers})"
+        elif dt > 0:
+            text = f"{a} trains worse but validates no worse than {b} ({numbers})"
+        elif dv > 0:
+            text = f"{a} trains no worse but validates worse than {b} ({numbers})"
+        else:
+            text = f"{a} trains and validates at least as well as {b} ({numbers})"
+        label = {"plain": "degradation" if dt > 0 else "no degradation",
+                 "residual": "residual: deeper is better" if dt <= 0 and dv <= 0
+                 else "residual: deeper is not better",
+                 "preact": "pre-activation: deeper is better" if dt <= 0 and dv <= 0
+                 else "pre-activation: deeper is not better"}[arch]
+        out.append(f"{label}: {text}")
+    for depth in sorted({r["depth"] for r in rows}):
+        pre, res, plain = (_row(rows, a, depth) for a in ("preact", "residual", "plain"))
+        if res and plain and res["val_error_top1"] is not None and plain["val_error_top1"] is not None:
+            better = "better" if res["val_error_top1"] < plain["val_error_top1"] else "not better"
+            out.append(f"residual vs plain at depth {depth}: residual is {better} "
+                       f"(val error {res['val_error_top1']:.2f}% vs {plain['val_error_top1']:.2f}%)")
+        if pre and res and pre["val_error_top1"] is not None and res["val_error_top1"] is not None:
+            better = "better" if pre["val_error_top1"] < res["val_error_top1"] else "not better"
+            out.append(f"pre-activation vs original at depth {depth}: pre-activation is {better} "
+                       f"(val error {pre['val_error_top1']:.2f}% vs {res['val_error_top1']:.2f}%)")
+    return out
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
+    lines = [f"# {title}", ""]
+    if summary.get("data"):
+        lines += [f"Data: {summary['data']}. Errors in percent; train error is the mean of the "
+                  "last 10% of logged points, validation error the final evaluation.", ""]
+    lines += ["| arch | depth | seeds | train top-1 | val top-1 | val top-5 | paper top-1 | paper top-5 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        seeds = f"{r['seeds']}" + (f"/{r['runs']}" if r["seeds"] != r["runs"] else "")
+        lines.append(f"| {r['arch']} | {r['depth']} | {seeds} | {_fmt(r['train_error_top1'])} | "
+                     f"{_fmt(r['val_error_top1'])} | {_fmt(r['val_error_top5'])} | "
+                     f"{_fmt(r['paper_val_error_top1'])} | {_fmt(r['paper_val_error_top5'])} |")
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- {v}" for v in summary["verdicts"]] or ["- not enough finished runs to compare"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(records: list[RunRecord], path: Path) -> Path:
+    """[P1] Fig. 4 style: one panel per family, a colour per depth, training error thin and
+    validation error bold, over iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = [a for a in FAMILIES if any(r.arch == a for r in records)] or ["plain"]
+    depths = sorted({r.depth for r in records})
+    colours = plt.get_cmap("viridis")
+    colour = {d: colours(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), sharey=True, squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for r in sorted((r for r in records if r.arch == arch), key=lambda r: (r.depth, r.seed)):
+            label = f"{arch}-{r.depth}" if r.seed == min(x.seed for x in records if x.arch == arch
+                                                       and x.depth == r.depth) else None
+            for key, width in (("train/error_top1", 0.8), ("val/error_top1", 2.4)):
+                pts = r.history.get(key) or []
+                if pts:
+                    ax.plot(*zip(*pts), color=colour[r.depth], linewidth=width,
+                            alpha=0.6 if width < 1 else 1.0,
+                            label=label if key == "val/error_top1" else None)
+        ax.set_title({"plain": "plain", "residual": "residual (original unit)",
+                      "preact": "residual (pre-activation)"}[arch])
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0][0].set_ylabel("top-1 error (%)  thin: train, bold: val")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(records: list[RunRecord], folder: Path, data_name: str = "",
+                 title: str = "Depth comparison") -> tuple[dict, list[Path]]:
+    """``comparison.md``, ``training_curves.png`` and ``summary.json`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records, data_name)
+    md = folder / "comparison.md"
+    md.write_text(render_markdown(summary, title))
+    js = folder / "summary.json"
+    js.write_text(json.dumps(summary, indent=1))
+    png = plot_curves(records, folder / "training_curves.png")
+    return summary, [md, png, js]
+
+
+def records_from_mlflow(tracker) -> list[RunRecord]:
+    """The run records of a sweep, read back from its MLflow child runs."""
+    records = []
+    for run in tracker.children():
+        params = run.data.params
+        records.append(RunRecord(
+            arch=params.get("arch", run.data.tags.get("arch", "?")),
+            depth=int(params.get("depth", run.data.tags.get("depth", 0))),
+            seed=int(params.get("seed", 0)), status=run.info.status, run_id=run.info.run_id,
+            history={k: tracker.history(run.info.run_id, k)
+                     for k in ("train/error_top1", "val/error_top1", "val/error_top5")},
+        ))
+    return records

@@ -1,0 +1,156 @@
+"""The experiment spec: a YAML file (plus ``--set`` overrides) -> one validated, frozen object.
+
+    experiment: depthlab-demo          # the MLflow experiment
+    data_name: synthetic-shapes        # what the data is (the report shows paper figures for
+                                       # cifar10 and imagenet only)
+    grid: {arch: [...], depth: [...], seed: [...]}
+    train: {...}                       # training.config.TrainConfig fields shared by every run
+    cluster: {workers_per_run: 2, cpus_per_worker: 1, use_gpu: false, ...}
+
+``SweepSpec.runs()`` expands the grid into one ``TrainConfig`` per (arch, depth, seed); those
+configs are what the workers receive, what MLflow records and what the checkpoints store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.config import TrainConfig
+
+TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster")
+GRID_KEYS = ("arch", "depth", "seed")
+
+
+class SpecError(ValueError):
+    """A spec a user wrote that cannot run: the message says what and where."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    workers_per_run: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    gpus_per_worker: float = 1.0
+    max_concurrent_runs: int = 1
+    max_failures: int = 1  # Ray Train restarts of a run from its last checkpoint
+    storage_path: str = "s3://depthlab/ray-results"
+
+    def __post_init__(self):
+        for name in ("workers_per_run", "max_concurrent_runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"cluster.{name} must be a positive integer, got {value!r}")
+        if self.cpus_per_worker <= 0 or self.max_failures < 0:
+            raise SpecError("cluster.cpus_per_worker must be > 0 and cluster.max_failures >= 0")
+        if not self.storage_path:
+            raise SpecError("cluster.storage_path is empty: give s3://bucket/prefix or a folder")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    experiment: str
+    archs: tuple[str, ...]
+    depths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    train: dict = field(default_factory=dict)
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    data_name: str = ""
+
+    def runs(self) -> list[TrainConfig]:
+        """One config per (arch, depth, seed), in the order they are launched."""
+        out = []
+        for arch, depth, seed in itertools.product(self.archs, self.depths, self.seeds):
+            values = dict(self.train, arch=arch, depth=depth, seed=seed,
+                          num_workers=self.cluster.workers_per_run,
+                          use_gpu=self.cluster.use_gpu, run_name=f"{arch}-{depth}-s{seed}")
+            try:
+                out.append(TrainConfig.from_dict(values))
+            except (ValueError, TypeError) as exc:
+                raise SpecError(f"run {arch}-{depth} (seed {seed}): {exc}") from None
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "experiment": self.experiment, "data_name": self.data_name,
+            "grid": {"arch": list(self.archs), "depth": list(self.depths), "seed": list(self.seeds)},
+            "train": dict(self.train), "cluster": dataclasses.asdict(self.cluster),
+        }
+
+
+def _as_list(value, name: str) -> list:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise SpecError(f"grid.{name} is empty")
+    return values
+
+
+def _check_keys(section: dict, allowed, where: str) -> None:
+    if not isinstance(section, dict):
+        raise SpecError(f"{where} must be a mapping, got {type(section).__name__}")
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise SpecError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(allowed)}")
+
+
+def spec_from_dict(raw: dict) -> SweepSpec:
+    _check_keys(raw, TOP_KEYS, "the spec")
+    grid = raw.get("grid") or {}
+    _check_keys(grid, GRID_KEYS, "grid")
+    train = dict(raw.get("train") or {})
+    _check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)
+                        if f.name not in ("arch", "depth", "seed", "num_workers", "use_gpu",
+                                          "mlflow_run_id", "run_name")], "train")
+    cluster_raw = raw.get("cluster") or {}
+    _check_keys(cluster_raw, [f.name for f in dataclasses.fields(ClusterSpec)], "cluster")
+    try:
+        cluster = ClusterSpec(**cluster_raw)
+    except TypeError as exc:
+        raise SpecError(f"cluster: {exc}") from None
+    depths = _as_list(grid.get("depth", [20]), "depth")
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in depths):
+        raise SpecError(f"grid.depth must be integers, got {depths}")
+    spec = SweepSpec(
+        experiment=str(raw.get("experiment") or "depthlab"),
+        archs=tuple(_as_list(grid.get("arch", ["plain", "residual"]), "arch")),
+        depths=tuple(depths),
+        seeds=tuple(int(s) for s in _as_list(grid.get("seed", [0]), "seed")),
+        train=train, cluster=cluster, data_name=str(raw.get("data_name") or ""),
+    )
+    spec.runs()  # every run must be valid before anything starts
+    return spec
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``key.sub=value`` pairs (values parsed as YAML: ``grid.depth=[8,14]``) into the raw spec."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set expects key=value, got {item!r}")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}: {part} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {key}: cannot parse {text!r}: {exc}") from None
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SpecError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {exc}") from None
+    return spec_from_dict(apply_overrides(raw, list(overrides)))

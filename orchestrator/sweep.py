@@ -1,0 +1,161 @@
+"""A sweep from spec to report: plan the runs, launch them on Ray, record them in MLflow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestrator.report import records_from_mlflow, render_markdown, write_report
+from orchestrator.spec import SweepSpec
+from training import storage
+from training.models import build_model, model_summary
+
+
+def new_sweep_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def plan_rows(spec: SweepSpec) -> list[dict]:
+    """One row per run: what it trains and its size (parameters, multiply-adds per image)."""
+    rows = []
+    for cfg in spec.runs():
+        model = build_model(cfg.arch, cfg.depth, dataset=cfg.dataset,
+                            num_classes=cfg.num_classes, **cfg.model_options())
+        size = model_summary(model, cfg.image_size)
+        rows.append({"run": cfg.run_name, "arch": cfg.arch, "depth": cfg.depth, "seed": cfg.seed,
+                     "shortcut": cfg.resolved_shortcut(), "params": size["params"],
+                     "macs": size["macs"], "image_size": cfg.image_size,
+                     "workers": cfg.num_workers, "global_batch": cfg.global_batch_size,
+                     "epochs": cfg.epochs})
+    return rows
+
+
+def print_plan(spec: SweepSpec, sweep_id: str) -> None:
+    print(f"sweep {sweep_id}: experiment {spec.experiment!r}, {len(spec.runs())} runs, "
+          f"{spec.cluster.workers_per_run} workers each, at most "
+          f"{spec.cluster.max_concurrent_runs} at once")
+    print(f"  {'run':<18}{'shortcut':>9}{'params':>12}{'MACs/img':>12}{'img':>5}{'epochs':>8}")
+    for r in plan_rows(spec):
+        print(f"  {r['run']:<18}{r['shortcut']:>9}{r['params']:>12,}{r['macs'] / 1e6:>11.1f}M"
+              f"{r['image_size']:>5}{r['epochs']:>8}")
+
+
+def check_services(spec: SweepSpec) -> list[str]:
+    """Problems that would stop the sweep, found before anything starts."""
+    problems = []
+    data_url = spec.runs()[0].data_url
+    for split in ("train", "val"):
+        try:
+            if storage.exists(storage.join(data_url, split, "manifest.json")) is None:
+                problems.append(f"no {split} manifest under {data_url}: build the shards first")
+        except storage.StorageError as exc:
+            problems.append(str(exc))
+    import urllib.request
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("http"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+        except OSError as exc:
+            problems.append(f"MLflow tracking server {uri} does not answer: {exc}")
+    elif not uri:
+        problems.append("MLFLOW_TRACKING_URI is not set and no local stack is running (make up)")
+    return problems
+
+
+class Progress:
+    """Runs done, running and queued, printed whenever that changes."""
+
+    def __init__(self, total: int, skipped: int):
+        self.total, self.done, self.failed, self.running = total, skipped, 0, set()
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+
+    def line(self, event: str) -> None:
+        with self.lock:
+            queued = self.total - self.done - self.failed - len(self.running)
+            elapsed = time.monotonic() - self.t0
+            print(f"[{elapsed:6.0f}s] {self.done} done, {self.failed} failed, "
+                  f"{len(self.running)} running, {queued} queued | {event}", flush=True)
+
+
+def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False) -> int:
+    """Train every run of the spec that has not finished yet, then build the report.
+
+    Returns 0 when every run finished, 1 otherwise.
+    """
+    from orchestrator import launcher
+    from orchestrator.tracking import SweepTracker
+
+    tracker = SweepTracker(spec.experiment, sweep_id)
+    parent_id = tracker.parent(spec.to_dict())
+    todo, skipped = [], 0
+    for cfg in spec.runs():
+        child = tracker.child(parent_id, cfg)
+        if child.finished:
+            skipped += 1
+            print(f"  {cfg.run_name}: finished in an earlier submission, skipped")
+            continue
+        tracker.mark_running(child.run_id)
+        todo.append(cfg.replace(mlflow_run_id=child.run_id))
+
+    progress = Progress(len(todo) + skipped, skipped)
+    print(f"MLflow: {tracker.ui_url(parent_id)}", flush=True)
+    failures: list[str] = []
+    if todo:
+        launcher.connect()
+        with ThreadPoolExecutor(max_workers=spec.cluster.max_concurrent_runs) as pool:
+            pending = {}
+            queue = list(todo)
+
+            def launch():
+                cfg = queue.pop(0)
+                progress.running.add(cfg.run_name)
+                progress.line(f"{cfg.run_name} started")
+                pending[pool.submit(launcher.run_training, cfg, spec.cluster, sweep_id)] = cfg
+
+            while queue and len(pending) < spec.cluster.max_concurrent_runs:
+                launch()
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cfg = pending.pop(fut)
+                    outcome = fut.result()
+                    progress.running.discard(cfg.run_name)
+                    if outcome.ok:
+                        progress.done += 1
+                        tracker.set_status(cfg.mlflow_run_id, "FINISHED")
+                        err = outcome.metrics.get("val/error_top1")
+                        progress.line(f"{cfg.run_name} finished" +
+                                      (f": val error {err:.2f}%" if err is not None else ""))
+                    else:
+                        progress.failed += 1
+                        failures.append(f"{cfg.run_name}: {outcome.error}")
+                        tracker.set_status(cfg.mlflow_run_id, "FAILED")
+                        progress.line(f"{cfg.run_name} FAILED: {outcome.error.splitlines()[0][:200]}")
+                        if fail_fast:
+                            queue.clear()
+                if queue:
+                    launch()
+
+    records = records_from_mlflow(tracker)
+    with tempfile.TemporaryDirectory(prefix="depthlab-report-") as tmp:
+        summary, files = write_report(records, Path(tmp), spec.data_name,
+                                      title=f"{spec.experiment}: sweep {sweep_id}")
+        tracker.log_files(parent_id, files, "report")
+    print()
+    print(render_markdown(summary, title=f"{spec.experiment}: sweep {sweep_id}"))
+    print(f"report: {tracker.ui_url(parent_id)} (artifacts: report/)")
+    tracker.set_status(parent_id, "FAILED" if failures else "FINISHED")
+    if failures:
+        print(f"{len(failures)} run(s) failed:")
+        for f in failures:
+            print(f"  {f}")
+        print(f"re-submit with --sweep-id {sweep_id} to retry them; finished runs are kept")
+        return 1
+    return 0

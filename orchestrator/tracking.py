@@ -1,0 +1,115 @@
+"""The sweep's MLflow record: a parent run per sweep, a child run per (arch, depth, seed).
+
+Runs are found again by tags, never by name, so a re-submitted sweep id reuses its parent and
+children: finished children are skipped, unfinished ones continue in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.endpoints import is_secret
+from training.config import TrainConfig
+
+TAG_SWEEP, TAG_ROLE, TAG_RUN_KEY = "depthlab.sweep_id", "depthlab.role", "depthlab.run_key"
+TAG_PARENT = "mlflow.parentRunId"
+METRICS = ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
+           "throughput/images_per_sec")
+# Params the comparison relies on; the rest of the config is logged too.
+_SKIP_PARAMS = {"mlflow_run_id", "extra"}
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    run_id: str
+    status: str  # MLflow status: RUNNING, FINISHED, FAILED, KILLED
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
+
+
+def run_params(cfg: TrainConfig) -> dict:
+    """MLflow params of a run: the config, resolved where a default applies; never a secret."""
+    params = {k: v for k, v in cfg.to_dict().items() if k not in _SKIP_PARAMS and not is_secret(k)}
+    params["shortcut"] = cfg.resolved_shortcut()
+    params["lr_milestones"] = ",".join(str(m) for m in cfg.lr_milestones)
+    return {k: ("" if v is None else str(v)) for k, v in params.items()}
+
+
+class SweepTracker:
+    def __init__(self, experiment: str, sweep_id: str):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient()
+        self.sweep_id = sweep_id
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.tracking_uri = mlflow.get_tracking_uri()
+
+    def _search(self, *filters: str):
+        query = " and ".join([f"tags.`{TAG_SWEEP}` = '{self.sweep_id}'", *filters])
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+
+    def parent(self, spec_dict: dict) -> str:
+        found = self._search(f"tags.`{TAG_ROLE}` = 'sweep'")
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep-{self.sweep_id}",
+                                     tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "sweep"})
+        self.log_dict(run.info.run_id, spec_dict, "config/sweep.yaml")
+        return run.info.run_id
+
+    def child(self, parent_id: str, cfg: TrainConfig) -> ChildRun:
+        found = self._search(f"tags.`{TAG_ROLE}` = 'train'", f"tags.`{TAG_RUN_KEY}` = '{cfg.run_name}'")
+        if found:
+            return ChildRun(found[0].info.run_id, found[0].info.status)
+        run = self.client.create_run(
+            self.experiment_id, run_name=cfg.run_name,
+            tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "train", TAG_RUN_KEY: cfg.run_name,
+                  TAG_PARENT: parent_id, "arch": cfg.arch, "depth": str(cfg.depth)},
+        )
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(cfg).items()])
+        self.log_dict(run_id, cfg.to_dict(), "config/run.json")
+        return ChildRun(run_id, "RUNNING")
+
+    def children(self) -> list:
+        return self._search(f"tags.`{TAG_ROLE}` = 'train'")
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def mark_running(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            if artifact_file.endswith((".yaml", ".yml")):
+                import yaml
+
+                path.write_text(yaml.safe_dump(data, sort_keys=False))
+            else:
+                path.write_text(json.dumps(data, indent=1))
+            self.client.log_artifact(run_id, str(path), os.path.dirname(artifact_file) or None)
+
+    def log_files(self, run_id: str, files: list[Path], artifact_dir: str) -> None:
+        for f in files:
+            self.client.log_artifact(run_id, str(f), artifact_dir)
+
+    def ui_url(self, run_id: str | None = None) -> str:
+        base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"
+        return f"{base}/runs/{run_id}" if run_id else base
