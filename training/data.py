@@ -211,13 +211,15 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        physical, nworkers = (info.id, info.num_workers) if info else (0, 1)
         storage.register_webdataset_s3()
+        # DataLoader takes batches from its workers in turn, starting with worker 0, so global
+        # batch j comes from worker j % nworkers. After a resume at batch k the turn must start
+        # at k % nworkers: worker p plays the part of worker (p + k) % nworkers.
+        wid = (physical + self.skip_batches) % nworkers
         ranges = split_ranges(self.ranges, nworkers, wid, self.batch_size)
         seed = None if self.shuffle_seed is None else f"{self.shuffle_seed}/{wid}"
-        # DataLoader takes batches from its workers in turn, so global batch j came from worker
-        # j % nworkers: this worker's share of the batches consumed before a resume.
-        mine = max(0, -(-(self.skip_batches - wid) // nworkers))
+        mine = max(0, -(-(self.skip_batches - wid) // nworkers))  # this part's consumed batches
         stream = itertools.islice(self._shuffled(self._samples(ranges), seed),
                                   mine * self.batch_size, None)  # dropped before decoding
         images, labels, skipped = [], [], 0

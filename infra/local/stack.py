@@ -321,7 +321,9 @@ def start_ray(state: dict, folder: Path, env: dict) -> None:
     # Token authentication stays on: a token is made once (in Ray's default place,
     # ~/.ray/auth_token, where every client looks) and the head starts with RAY_AUTH_MODE=token.
     ensure_ray_token()
-    renv = dict(env, RAY_AUTH_MODE="token", PYTHONPATH=str(REPO_ROOT))
+    # The venv's bin first on PATH: a job's `python` entrypoint is then the project's Python.
+    renv = dict(env, RAY_AUTH_MODE="token", PYTHONPATH=str(REPO_ROOT),
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     log = folder / "logs" / "ray-start.log"
     with open(log, "ab") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=renv, cwd=REPO_ROOT,

@@ -1,0 +1,166 @@
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset
+
+from orchestrator.shards import build_split, scan_class_folders
+from training.data import build_loader, plan_epoch, read_manifest, split_ranges
+from training.storage import StorageError
+
+COUNTS = (30, 30, 30, 30, 30, 10)  # 160 samples, the last shard short
+
+
+def expand(ranges):
+    """Global sample ids (shard, index) of a list of ranges."""
+    return [(s, i) for s, a, b in ranges for i in range(a, b)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch", [1, 7, 16])
+def test_training_plan_equal_batches_no_duplicates(world, batch):
+    plans = [expand(plan_epoch(COUNTS, rank=r, world_size=world, batch_size=batch, seed=1,
+                               epoch=2, train=True)) for r in range(world)]
+    sizes = {len(p) for p in plans}
+    assert len(sizes) == 1 and sizes.pop() % batch == 0
+    every = [x for p in plans for x in p]
+    assert len(every) == len(set(every))
+    assert sum(COUNTS) - len(every) < world * batch  # only the remainder is dropped
+
+
+def test_training_plan_is_a_pure_function_of_seed_and_epoch():
+    kw = dict(rank=0, world_size=2, batch_size=8, train=True)
+    assert plan_epoch(COUNTS, seed=1, epoch=0, **kw) == plan_epoch(COUNTS, seed=1, epoch=0, **kw)
+    assert plan_epoch(COUNTS, seed=1, epoch=0, **kw) != plan_epoch(COUNTS, seed=1, epoch=1, **kw)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_eval_plan_reads_every_sample_exactly_once(world):
+    every = [x for r in range(world) for x in expand(
+        plan_epoch(COUNTS, rank=r, world_size=world, batch_size=7, seed=0, epoch=0, train=False))]
+    assert sorted(every) == [(s, i) for s, n in enumerate(COUNTS) for i in range(n)]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_worker_split_cuts_at_batch_boundaries(parts):
+    ranges = plan_epoch(COUNTS, rank=0, world_size=1, batch_size=16, seed=0, epoch=0, train=True)
+    pieces = [split_ranges(ranges, parts, p, 16) for p in range(parts)]
+    assert sum((expand(p) for p in pieces), []) == expand(ranges)
+    assert all(len(expand(p)) % 16 == 0 for p in pieces)
+
+
+def test_plan_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="full batch"):
+        plan_epoch((5,), rank=0, world_size=2, batch_size=4, seed=0, epoch=0, train=True)
+    with pytest.raises(ValueError, match="outside"):
+        plan_epoch((5,), rank=2, world_size=2, batch_size=1, seed=0, epoch=0, train=False)
+
+
+def test_shards_follow_the_contract(shards, demo_images):
+    manifest = json.loads(Path(shards, "train", "manifest.json").read_text())
+    assert manifest["num_samples"] == 160 and manifest["classes"] == ["c000", "c001", "c002", "c003"]
+    assert [s["num_samples"] for s in manifest["shards"]] == [30, 30, 30, 30, 30, 10]
+    originals = {p.stem: p.read_bytes() for p in (demo_images / "train").rglob("*.JPEG")}
+    # Stock webdataset reads them; the JPEG bytes are the originals, labels as sorted class ids.
+    url = str(Path(shards, "train", "shard-{000000..000005}.tar"))
+    seen = list(webdataset.WebDataset(url, shardshuffle=False))
+    assert len(seen) == 160
+    for sample in seen:
+        assert sample["jpg"] == originals[sample["__key__"]]
+        assert int(sample["cls"]) == int(sample["__key__"][1:4])
+    # Shards mix classes.
+    first = [int(s["cls"]) for s in seen[:30]]
+    assert len(set(first)) > 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_eval_loader_sees_every_sample_once(shards, world, workers):
+    labels = Counter()
+    total = 0
+    for rank in range(world):
+        loader = build_loader(shards, "val", batch_size=8, rank=rank, world_size=world,
+                              image_size=16, num_workers=workers)
+        for images, y in loader:
+            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
+            labels.update(y.tolist())
+            total += len(y)
+    assert total == 52 and labels == Counter({0: 13, 1: 13, 2: 13, 3: 13})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_loader_equal_batch_counts(shards, workers):
+    counts = [sum(1 for _ in build_loader(shards, "train", batch_size=16, rank=r, world_size=3,
+                                          image_size=16, num_workers=workers)) for r in range(3)]
+    assert counts == [3, 3, 3]
+
+
+def test_train_order_is_reproducible_and_resume_skips_exactly(shards):
+    def labels(**kw):
+        torch.manual_seed(0)
+        return [y.tolist() for _, y in build_loader(shards, "train", batch_size=16, image_size=16,
+                                                     epoch=1, seed=3, **kw)]
+
+    full = labels()
+    assert full == labels()
+    assert labels(skip_batches=4) == full[4:]
+    assert labels(num_workers=2, skip_batches=3) == labels(num_workers=2)[3:]
+
+
+def _write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path, demo_images):
+    good = next((demo_images / "val" / "c000").iterdir()).read_bytes()
+    split = tmp_path / "val"
+    split.mkdir()
+    _write_tar(split / "shard-000000.tar", {
+        "a.jpg": good, "a.cls": b"0",
+        "b.jpg": good[: len(good) // 3], "b.cls": b"1",   # truncated JPEG
+        "c.jpg": b"not a jpeg", "c.cls": b"2",            # corrupt
+        "d.jpg": good,                                    # no label
+        "e.jpg": good, "e.cls": b"3",
+    })
+    (split / "manifest.json").write_text(json.dumps(
+        {"shards": [{"name": "shard-000000.tar", "num_samples": 5}], "classes": ["a", "b", "c", "d"]}))
+    loader = build_loader(str(tmp_path), "val", batch_size=4, image_size=16)
+    got = [y.tolist() for _, y in loader]
+    assert sum(got, []) == [0, 3] and loader.skipped == 3
+
+
+def test_truncated_tar_ends_the_shard_and_counts_the_rest(tmp_path, shards):
+    split = tmp_path / "val"
+    split.mkdir()
+    data = Path(shards, "val", "shard-000000.tar").read_bytes()
+    (split / "shard-000000.tar").write_bytes(data[: len(data) // 2])
+    (split / "manifest.json").write_text(json.dumps(
+        {"shards": [{"name": "shard-000000.tar", "num_samples": 30}], "classes": ["a"] * 4}))
+    loader = build_loader(str(tmp_path), "val", batch_size=8, image_size=16)
+    n = sum(len(y) for _, y in loader)
+    assert 0 < n < 30 and n + loader.skipped == 30
+
+
+def test_missing_manifest_is_one_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="no usable manifest"):
+        read_manifest(str(tmp_path), "train")
+
+
+def test_scan_rejects_a_folder_without_classes(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(FileNotFoundError, match="no class folders"):
+        scan_class_folders(tmp_path / "train")
+
+
+def test_rebuilding_keeps_intact_shards(demo_images, tmp_path):
+    first = build_split(demo_images, str(tmp_path), "val", shard_size=20, workers=1)
+    again = build_split(demo_images, str(tmp_path), "val", shard_size=20, workers=1)
+    assert first["stats"]["uploaded"] == 3 and again["stats"] == {"uploaded": 0, "kept": 3}
