@@ -1,0 +1,142 @@
+"""The main job end to end on the embedded stack, started on free loopback ports.
+
+Real services throughout: moto's S3 server over HTTP, the MLflow tracking server, a Ray head
+node with token authentication. The stack is started by the same script `make up` runs and
+stopped by process id; the test checks that nothing it started is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = [sys.executable, str(REPO / "infra" / "local" / "stack.py")]
+SERVICE_VARS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE")
+EXPERIMENT = "it-demo"
+REDUCED = ["--set", f"experiment={EXPERIMENT}", "--set", "grid.depth=[8]", "--set", "train.epochs=2"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+def clean_env(state: Path) -> dict:
+    """The environment of a user who set no service variable, with the stack running."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env["DEPTHLAB_STATE_DIR"] = str(state)
+    return env
+
+
+def run(cmd, env, timeout):
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    state = tmp_path_factory.mktemp("stack")
+    env = clean_env(state)
+    up = run([*STACK, "up", "--ports", "auto", "--num-cpus", "2"], env, 420)
+    assert up.returncode == 0, up.stdout + up.stderr
+    info = json.loads((state / "stack.json").read_text())
+    try:
+        yield state, info
+    finally:
+        info = json.loads((state / "stack.json").read_text())  # pids change on restarts
+        down = run([*STACK, "down"], env, 120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        sys.path.insert(0, str(REPO / "infra" / "local"))
+        import stack as stack_mod
+
+        leftover = stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
+        leftover += [p for p in info["pids"].values() if stack_mod.pid_alive(p)]
+        assert not leftover, f"processes left running after down: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(stack):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=stack[1]["env"]["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture(scope="module")
+def sweep(stack):
+    state, _ = stack
+    result = run([sys.executable, "pipelines/compare_depths.py", *REDUCED, "--sweep-id", "it-1"],
+                 clean_env(state), 900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def runs_of(client, sweep_id, role):
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`depthlab.sweep_id` = '{sweep_id}' and tags.`depthlab.role` = '{role}'"))
+
+
+def test_status_names_every_service(stack):
+    state, info = stack
+    out = run([*STACK, "status"], clean_env(state), 60)
+    assert out.returncode == 0, out.stdout
+    for name in ("S3 server", "MLflow UI", "Ray dashboard"):
+        assert name in out.stdout
+    assert info["urls"]["mlflow"] in out.stdout and "DOWN" not in out.stdout
+
+
+def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
+    (parent,) = runs_of(mlflow_client, "it-1", "sweep")
+    assert parent.info.status == "FINISHED"
+    children = runs_of(mlflow_client, "it-1", "train")
+    assert sorted(c.data.params["arch"] for c in children) == ["plain", "preact", "residual"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        for key in ("arch", "depth", "dataset", "shortcut", "global_batch_size", "num_workers"):
+            assert key in child.data.params
+        assert child.data.params["num_workers"] == "2" and child.data.params["shortcut"] == "A"
+        for key in ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
+                    "throughput/images_per_sec"):
+            assert key in child.data.metrics, key
+        loss = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, "train/loss")]
+        assert len(loss) >= 6 and loss[-1] < loss[0], loss
+        val = mlflow_client.get_metric_history(child.info.run_id, "val/error_top1")
+        # Steps are global iterations: 4,000 samples / 2 workers / 64 per worker = 31 per epoch.
+        assert [m.step for m in val] == [31, 62]
+    artifacts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "report")}
+    assert artifacts == {"report/comparison.md", "report/training_curves.png", "report/summary.json"}
+    assert "| plain | 8 |" in sweep.stdout and "residual vs plain at depth 8" in sweep.stdout
+
+
+def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client):
+    again = run([sys.executable, "pipelines/compare_depths.py", *REDUCED, "--sweep-id", "it-1"],
+                clean_env(stack[0]), 300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished in an earlier submission, skipped") == 3
+    assert len(runs_of(mlflow_client, "it-1", "train")) == 3
+
+
+def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client):
+    job = run([*STACK, "submit", "--", "python", "pipelines/compare_depths.py", *REDUCED,
+               "--set", "grid.arch=[residual]", "--set", "train.epochs=1", "--sweep-id", "it-job"],
+              clean_env(stack[0]), 600)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    (child,) = runs_of(mlflow_client, "it-job", "train")
+    assert child.info.status == "FINISHED" and "val/error_top1" in child.data.metrics
+
+
+def test_a_restarted_s3_server_gets_its_bucket_and_data_back(stack, sweep):
+    state, info = stack
+    sys.path.insert(0, str(REPO / "infra" / "local"))
+    import stack as stack_mod
+
+    stack_mod.stop_group(info["pids"]["s3"])
+    assert not stack_mod.s3_healthy(info)
+    up = run([*STACK, "up"], clean_env(state), 300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    dry = run([sys.executable, "pipelines/compare_depths.py", "--dry-run"], clean_env(state), 120)
+    assert dry.returncode == 0 and "data present" in dry.stdout, dry.stdout + dry.stderr

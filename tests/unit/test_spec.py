@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import SpecError, apply_overrides, load_spec, spec_from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+def test_demo_spec_expands_into_six_two_worker_runs():
+    spec = load_spec(DEMO)
+    runs = spec.runs()
+    assert [r.run_name for r in runs][:2] == ["plain-8-s0", "plain-14-s0"]
+    assert len(runs) == 6 and {r.num_workers for r in runs} == {2}
+    assert {r.arch for r in runs} == {"plain", "residual", "preact"}
+    assert all(r.dataset == "cifar" and r.per_worker_batch_size == 64 for r in runs)
+
+
+def test_overrides_parse_yaml_values():
+    spec = load_spec(DEMO, ["grid.depth=[8]", "train.epochs=1", "cluster.workers_per_run=1"])
+    assert spec.depths == (8,) and spec.runs()[0].epochs == 1 and spec.runs()[0].num_workers == 1
+
+
+def test_round_trip_through_to_dict():
+    spec = load_spec(DEMO)
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["grid.depth=[18]"], "6n\\+2"),
+    (["grid.width=[2]"], "unknown key.*grid"),
+    (["train.learning_rate=0.1"], "unknown key.*train"),
+    (["colour=blue"], "unknown key.*spec"),
+    (["train.global_batch_size=127"], "not divisible"),
+    (["cluster.workers_per_run=0"], "positive integer"),
+    (["grid.arch=[dense]"], "plain, residual, preact"),
+    (["train.epochs=0"], "positive integer"),
+    (["train.augment=autoaugment"], "cifar, imagenet"),
+    (["train.lr_milestones=[0.8,0.2]"], "increasing"),
+])
+def test_bad_specs_give_one_clear_message(overrides, match):
+    with pytest.raises(SpecError, match=match):
+        load_spec(DEMO, overrides)
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(SpecError, match="key=value"):
+        apply_overrides({}, ["epochs"])
+    with pytest.raises(SpecError, match="cannot read config"):
+        load_spec(REPO / "configs" / "nope.yaml")

@@ -1,0 +1,33 @@
+import os
+
+from orchestrator.endpoints import apply_local_stack_defaults, is_secret, worker_env
+from orchestrator.tracking import run_params
+from training.config import TrainConfig
+
+
+def test_params_hold_the_contract_names_and_resolved_defaults():
+    params = run_params(TrainConfig(arch="plain", depth=20, num_workers=2, global_batch_size=128))
+    for key in ("arch", "depth", "dataset", "shortcut", "global_batch_size", "num_workers"):
+        assert key in params
+    assert params["shortcut"] == "A" and params["num_workers"] == "2"
+    assert "mlflow_run_id" not in params
+
+
+def test_worker_env_passes_endpoints_never_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    env = worker_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    assert not any(is_secret(k) for k in env) and "s3cr3t" not in env.values()
+
+
+def test_stack_defaults_never_override_the_users_variables(monkeypatch, tmp_path):
+    (tmp_path / "stack.json").write_text(
+        '{"env": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5", "AWS_ENDPOINT_URL": "http://127.0.0.1:6"}}')
+    monkeypatch.setenv("DEPTHLAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mine")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert apply_local_stack_defaults() == ["AWS_ENDPOINT_URL"]
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mine"
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:6"
