@@ -44,6 +44,7 @@ class RunRecord:
     seed: int
     status: str = "FINISHED"
     run_id: str = ""
+    params: int | None = None  # model parameters
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def last(self, key: str) -> float | None:
@@ -75,6 +76,7 @@ def summarize(records: list[RunRecord], data_name: str = "") -> dict:
         done = [r for r in runs if r.status == "FINISHED"]
         rows.append({
             "arch": arch, "depth": depth, "seeds": len(done), "runs": len(runs),
+            "params": runs[0].params,
             "train_error_top1": _mean(r.tail_mean("train/error_top1") for r in done),
             "val_error_top1": _mean(r.last("val/error_top1") for r in done),
             "val_error_top5": _mean(r.last("val/error_top5") for r in done),
@@ -139,11 +141,12 @@ def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
     if summary.get("data"):
         lines += [f"Data: {summary['data']}. Errors in percent; train error is the mean of the "
                   "last 10% of logged points, validation error the final evaluation.", ""]
-    lines += ["| arch | depth | seeds | train top-1 | val top-1 | val top-5 | paper top-1 | paper top-5 |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| arch | depth | params | seeds | train top-1 | val top-1 | val top-5 | paper top-1 | paper top-5 |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         seeds = f"{r['seeds']}" + (f"/{r['runs']}" if r["seeds"] != r["runs"] else "")
-        lines.append(f"| {r['arch']} | {r['depth']} | {seeds} | {_fmt(r['train_error_top1'])} | "
+        params = "-" if r.get("params") is None else f"{r['params'] / 1e6:.2f}M"
+        lines.append(f"| {r['arch']} | {r['depth']} | {params} | {seeds} | {_fmt(r['train_error_top1'])} | "
                      f"{_fmt(r['val_error_top1'])} | {_fmt(r['val_error_top5'])} | "
                      f"{_fmt(r['paper_val_error_top1'])} | {_fmt(r['paper_val_error_top5'])} |")
     lines += ["", "## Verdicts", ""]
@@ -209,6 +212,7 @@ def records_from_mlflow(tracker) -> list[RunRecord]:
             arch=params.get("arch", run.data.tags.get("arch", "?")),
             depth=int(params.get("depth", run.data.tags.get("depth", 0))),
             seed=int(params.get("seed", 0)), status=run.info.status, run_id=run.info.run_id,
+            params=int(params["model_params"]) if params.get("model_params") else None,
             history={k: tracker.history(run.info.run_id, k)
                      for k in ("train/error_top1", "val/error_top1", "val/error_top5")},
         ))

@@ -35,12 +35,12 @@ def plan_rows(spec: SweepSpec) -> list[dict]:
     return rows
 
 
-def print_plan(spec: SweepSpec, sweep_id: str) -> None:
+def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict]) -> None:
     print(f"sweep {sweep_id}: experiment {spec.experiment!r}, {len(spec.runs())} runs, "
           f"{spec.cluster.workers_per_run} workers each, at most "
           f"{spec.cluster.max_concurrent_runs} at once")
     print(f"  {'run':<18}{'shortcut':>9}{'params':>12}{'MACs/img':>12}{'img':>5}{'epochs':>8}")
-    for r in plan_rows(spec):
+    for r in rows:
         print(f"  {r['run']:<18}{r['shortcut']:>9}{r['params']:>12,}{r['macs'] / 1e6:>11.1f}M"
               f"{r['image_size']:>5}{r['epochs']:>8}")
 
@@ -84,8 +84,11 @@ class Progress:
                   f"{len(self.running)} running, {queued} queued | {event}", flush=True)
 
 
-def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False) -> int:
+def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
+              plan: list[dict] | None = None) -> int:
     """Train every run of the spec that has not finished yet, then build the report.
+
+    ``plan``: the rows of ``plan_rows(spec)`` when the caller has them already.
 
     Returns 0 when every run finished, 1 otherwise.
     """
@@ -94,9 +97,12 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False) -> int
 
     tracker = SweepTracker(spec.experiment, sweep_id)
     parent_id = tracker.parent(spec.to_dict())
+    sizes = {row["run"]: row for row in (plan or plan_rows(spec))}
     todo, skipped = [], 0
     for cfg in spec.runs():
-        child = tracker.child(parent_id, cfg)
+        size = sizes[cfg.run_name]
+        child = tracker.child(parent_id, cfg, {"model_params": size["params"],
+                                               "model_macs": size["macs"]})
         if child.finished:
             skipped += 1
             print(f"  {cfg.run_name}: finished in an earlier submission, skipped")

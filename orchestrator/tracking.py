@@ -67,7 +67,8 @@ class SweepTracker:
         self.log_dict(run.info.run_id, spec_dict, "config/sweep.yaml")
         return run.info.run_id
 
-    def child(self, parent_id: str, cfg: TrainConfig) -> ChildRun:
+    def child(self, parent_id: str, cfg: TrainConfig, extra_params: dict | None = None) -> ChildRun:
+        """The MLflow run of ``cfg`` in this sweep, created (with its params) if there is none."""
         found = self._search(f"tags.`{TAG_ROLE}` = 'train'", f"tags.`{TAG_RUN_KEY}` = '{cfg.run_name}'")
         if found:
             return ChildRun(found[0].info.run_id, found[0].info.status)
@@ -79,7 +80,8 @@ class SweepTracker:
         run_id = run.info.run_id
         from mlflow.entities import Param
 
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(cfg).items()])
+        params = {**run_params(cfg), **{k: str(v) for k, v in (extra_params or {}).items()}}
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self.log_dict(run_id, cfg.to_dict(), "config/run.json")
         return ChildRun(run_id, "RUNNING")
 

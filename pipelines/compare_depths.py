@@ -39,12 +39,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     apply_local_stack_defaults()
-    from orchestrator.sweep import check_services, new_sweep_id, print_plan, run_sweep
+    from orchestrator.sweep import check_services, new_sweep_id, plan_rows, print_plan, run_sweep
 
     try:
         spec = load_spec(args.config, args.overrides)
         sweep_id = args.sweep_id or new_sweep_id()
-        print_plan(spec, sweep_id)
+        plan = plan_rows(spec)
+        print_plan(spec, sweep_id, plan)
         problems = check_services(spec)
         for problem in problems:
             print(f"  problem: {problem}", file=sys.stderr)
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
             return 1 if problems else 0
         if problems:
             return 2
-        return run_sweep(spec, sweep_id, fail_fast=args.fail_fast)
+        return run_sweep(spec, sweep_id, fail_fast=args.fail_fast, plan=plan)
     except SpecError as exc:
         print(f"compare_depths: bad config: {exc}", file=sys.stderr)
         return 2

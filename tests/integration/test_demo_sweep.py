@@ -99,6 +99,7 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
         for key in ("arch", "depth", "dataset", "shortcut", "global_batch_size", "num_workers"):
             assert key in child.data.params
         assert child.data.params["num_workers"] == "2" and child.data.params["shortcut"] == "A"
+        assert child.data.params["model_params"] == "75290"  # CIFAR net of depth 8, 10 classes
         for key in ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
                     "throughput/images_per_sec"):
             assert key in child.data.metrics, key
@@ -109,7 +110,7 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
         assert [m.step for m in val] == [31, 62]
     artifacts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {"report/comparison.md", "report/training_curves.png", "report/summary.json"}
-    assert "| plain | 8 |" in sweep.stdout and "residual vs plain at depth 8" in sweep.stdout
+    assert "| plain | 8 | 0.08M | 1 |" in sweep.stdout and "residual vs plain at depth 8" in sweep.stdout
 
 
 def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client):

@@ -119,3 +119,28 @@ def test_depth_tables_are_complete():
     assert sorted(IMAGENET_DEPTHS) == [18, 34, 50, 101, 152, 200]
     assert resolve_spec("plain", 20, dataset="cifar").block == "basic"
     assert resolve_spec("plain", 164, dataset="cifar").block == "bottleneck"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["residual", "preact"])
+def test_torch_compile_matches_eager(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 8, dataset="cifar").eval()
+    x = torch.randn(4, 3, 16, 16)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_cifar_summary_counts_multiply_adds_at_32px():
+    s = model_summary(build_model("residual", 20, dataset="cifar"))
+    # ResNet-20: about 41M multiply-adds per 32x32 image (the usual figure, e.g. in pytorch_resnet_cifar10).
+    assert s["image_size"] == 32 and s["macs"] / 1e6 == pytest.approx(41, rel=0.03)
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_imagenet_plain_nets_have_the_parameters_of_their_option_a_twins(depth):
+    # [P1] Table 2 compares plain-18/34 with ResNet-18/34 using option A: "no extra parameter".
+    plain = build_model("plain", depth)
+    residual = build_model("residual", depth, shortcut="A")
+    assert n_params(plain) == n_params(residual)
