@@ -2,7 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from training.models import ARCHS, IMAGENET_DEPTHS, build_model, model_summary, resolve_spec
+from training.models import (ARCHS, CIFAR_PAPER_DEPTHS, IMAGENET_DEPTHS, build_model,
+                             model_summary, resolve_spec)
 
 
 def n_params(model) -> int:
@@ -65,6 +66,20 @@ def test_forward_shape_and_backward_reaches_every_parameter(arch, dataset, depth
     out.sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
+
+
+REGISTRY = [(arch, "imagenet", d) for arch in ARCHS for d in IMAGENET_DEPTHS] + \
+           [(arch, "cifar", d) for arch in ARCHS for d in CIFAR_PAPER_DEPTHS]
+
+
+@pytest.mark.parametrize("arch,dataset,depth", REGISTRY)
+def test_every_network_of_the_papers_runs_forward_and_backward(arch, dataset, depth):
+    # Tiny inputs keep the 1001- and 1202-layer nets at about two seconds each.
+    model = build_model(arch, depth, dataset=dataset, num_classes=5)
+    out = model(torch.randn(2, 3, *(2 * (32 if dataset == "imagenet" else 8,))))
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B", "C"])
