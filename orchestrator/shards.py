@@ -1,10 +1,14 @@
-"""Turning an ImageNet-layout folder into WebDataset shards on a local folder or S3.
+"""Turning a dataset (see ``orchestrator.sources``) into WebDataset shards on a folder or S3.
 
 One sample is ``<key>.jpg`` (the original JPEG bytes, never re-encoded) and ``<key>.cls`` (the
 class index as ASCII). The class index is the position of the class id in sorted order, as
 torchvision's ImageFolder numbers classes. Samples are shuffled across classes with a seed, so
 every shard mixes classes and a loader that reads a few shards still sees all of them.
 ``manifest.json`` is written last: its presence means the split is complete.
+
+Real ImageNet holds a few files that are not what their name says: 22 CMYK JPEGs and one PNG
+named .JPEG in the training set. Those (and any non-RGB/L JPEG or non-JPEG image) are converted
+to RGB JPEG and counted in the manifest; files that do not decode at all are skipped and counted.
 
 Re-running skips shards already present with the expected size (the shards are a pure function
 of the source listing, the seed and the shard size), so an interrupted upload resumes.
@@ -17,59 +21,38 @@ import json
 import random
 import sys
 import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
+from orchestrator.sources import SourceSample, load_split
 from training import storage
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int
-
-    @property
-    def key(self) -> str:
-        # WebDataset splits a member name at its first dot: the key must contain none.
-        return self.path.stem.replace(".", "_")
-
-
-def scan_class_folders(split_dir: Path) -> tuple[list[str], list[Sample]]:
-    """``split_dir/<class id>/*.JPEG`` -> (sorted class ids, samples)."""
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir} is not a folder of class folders")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"{split_dir} holds no class folders (expected <class id>/*.JPEG)")
-    samples = [
-        Sample(f, label)
-        for label, cid in enumerate(classes)
-        for f in sorted((split_dir / cid).iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not samples:
-        raise FileNotFoundError(f"{split_dir} holds no images")
-    return classes, samples
-
-
-def read_class_names(root: Path) -> dict[str, str]:
-    """``classes.txt`` / LOC_synset_mapping.txt style: ``<id> <name...>`` per line, if present."""
-    for name in ("classes.txt", "LOC_synset_mapping.txt"):
-        path = root / name
-        if path.is_file():
-            pairs = (line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
-            return {p[0]: (p[1] if len(p) > 1 else p[0]) for p in pairs}
-    return {}
-
-
-def plan_shards(samples: list[Sample], shard_size: int, seed: int) -> list[list[Sample]]:
-    order = list(samples)
+def plan_shards(samples: list[SourceSample], shard_size: int, seed: int) -> list[list[SourceSample]]:
+    order = sorted(samples, key=lambda s: s.key)  # independent of listing order
     random.Random(seed).shuffle(order)
     return [order[i: i + shard_size] for i in range(0, len(order), shard_size)]
+
+
+def as_rgb_jpeg(data: bytes) -> tuple[bytes, str]:
+    """The bytes to store and what was done: "kept", "converted" or "bad".
+
+    Only the header is parsed for files that are fine, so originals cost no decode.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            return data, "kept"
+        image = image.convert("RGB")
+    except Exception:
+        return b"", "bad"
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95)
+    return out.getvalue(), "converted"
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -78,13 +61,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def shard_bytes(samples: list[Sample]) -> bytes:
+def shard_bytes(samples: list[SourceSample]) -> tuple[bytes, dict]:
+    """One shard's tar bytes, and counts of kept, converted and bad (skipped) images."""
+    counts = {"kept": 0, "converted": 0, "bad": 0}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            _add(tar, f"{s.key}.jpg", s.path.read_bytes())
+            data, what = as_rgb_jpeg(s.read())
+            counts[what] += 1
+            if what == "bad":
+                print(f"  skipping undecodable image {s.key}", file=sys.stderr)
+                continue
+            _add(tar, f"{s.key}.jpg", data)
             _add(tar, f"{s.key}.cls", str(s.label).encode())
-    return buf.getvalue()
+    return buf.getvalue(), counts
 
 
 class Progress:
@@ -94,16 +84,27 @@ class Progress:
         self.total, self.label, self.done = total, label, 0
         self.tty = sys.stderr.isatty()
         self.t0, self._last_decile = time.monotonic(), -1
+        self._lock = threading.Lock()
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
-        rate = self.done / max(time.monotonic() - self.t0, 1e-9)
-        line = f"{self.label}: {self.done}/{self.total} shards ({rate:.1f}/s)"
-        if self.tty:
-            print("\r" + line, end="" if self.done < self.total else "\n", file=sys.stderr, flush=True)
-        elif (decile := 10 * self.done // max(self.total, 1)) != self._last_decile:
-            self._last_decile = decile
-            print(line, file=sys.stderr, flush=True)
+        with self._lock:
+            self.done += n
+            rate = self.done / max(time.monotonic() - self.t0, 1e-9)
+            line = f"{self.label}: {self.done}/{self.total} shards ({rate:.1f}/s)"
+            if self.tty:
+                print("\r" + line, end="" if self.done < self.total else "\n", file=sys.stderr,
+                      flush=True)
+            elif (decile := 10 * self.done // max(self.total, 1)) != self._last_decile:
+                self._last_decile = decile
+                print(line, file=sys.stderr, flush=True)
+
+
+def _train_classes(dest: str) -> list[str] | None:
+    """Class ids of an already built training split, so validation labels line up with them."""
+    url = storage.join(dest, "train", "manifest.json")
+    if storage.exists(url) is None:
+        return None
+    return json.loads(storage.read_bytes(url))["classes"]
 
 
 def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, seed: int = 0,
@@ -111,34 +112,40 @@ def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, 
     """Write ``dest/split/shard-NNNNNN.tar`` and then ``dest/split/manifest.json``; return it."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
-    classes, samples = scan_class_folders(source / split)
-    names = read_class_names(source)
-    shards = plan_shards(samples, shard_size, seed)
+    src = load_split(Path(source), split,
+                     train_classes=_train_classes(dest) if split != "train" else None)
+    shards = plan_shards(src.samples, shard_size, seed)
     split_url = storage.join(dest, split)
     progress = Progress(len(shards), f"{split} -> {split_url}")
-    stats = {"uploaded": 0, "kept": 0}
+    lock = threading.Lock()
+    stats = {"written": 0, "already_there": 0, "kept": 0, "converted": 0, "bad": 0}
 
     def one(index: int) -> dict:
         name = f"shard-{index:06d}.tar"
-        data = shard_bytes(shards[index])
+        data, counts = shard_bytes(shards[index])
         url = storage.join(split_url, name)
-        if storage.exists(url) == len(data):
-            stats["kept"] += 1
-        else:
+        present = storage.exists(url) == len(data)
+        if not present:
             storage.write_bytes(url, data)
-            stats["uploaded"] += 1
+        with lock:
+            stats["already_there" if present else "written"] += 1
+            for k, v in counts.items():
+                stats[k] += v
         progress.advance()
-        return {"name": name, "num_samples": len(shards[index]), "bytes": len(data)}
+        return {"name": name, "num_samples": counts["kept"] + counts["converted"], "bytes": len(data)}
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        entries = list(pool.map(one, range(len(shards))))
+        entries = [e for e in pool.map(one, range(len(shards))) if e["num_samples"]]
     manifest = {
         "format": "webdataset",
         "split": split,
-        "num_samples": len(samples),
+        "num_samples": sum(e["num_samples"] for e in entries),
         "shards": entries,
-        "classes": classes,
-        "class_names": {c: names[c] for c in classes if c in names},
+        "classes": src.classes,
+        "class_names": src.class_names,
+        "source": src.origin,
+        "converted": stats["converted"],
+        "skipped": stats["bad"],
         "seed": seed,
         "shard_size": shard_size,
     }

@@ -8,7 +8,8 @@ import pytest
 import torch
 import webdataset
 
-from orchestrator.shards import build_split, scan_class_folders
+from orchestrator.shards import build_split
+from orchestrator.sources import load_split
 from training.data import build_loader, plan_epoch, read_manifest, split_ranges
 from training.storage import StorageError
 
@@ -154,13 +155,16 @@ def test_missing_manifest_is_one_clear_error(tmp_path):
         read_manifest(str(tmp_path), "train")
 
 
-def test_scan_rejects_a_folder_without_classes(tmp_path):
+def test_a_folder_without_images_is_one_clear_error(tmp_path):
     (tmp_path / "train").mkdir()
-    with pytest.raises(FileNotFoundError, match="no class folders"):
-        scan_class_folders(tmp_path / "train")
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        load_split(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="no val data"):
+        load_split(tmp_path, "val")
 
 
 def test_rebuilding_keeps_intact_shards(demo_images, tmp_path):
     first = build_split(demo_images, str(tmp_path), "val", shard_size=20, workers=1)
     again = build_split(demo_images, str(tmp_path), "val", shard_size=20, workers=1)
-    assert first["stats"]["uploaded"] == 3 and again["stats"] == {"uploaded": 0, "kept": 3}
+    assert first["stats"]["written"] == 3
+    assert again["stats"]["written"] == 0 and again["stats"]["already_there"] == 3
