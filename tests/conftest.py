@@ -28,3 +28,61 @@ def shards(demo_images, tmp_path_factory) -> str:
     for split in ("train", "val"):
         build_split(demo_images, str(dest), split, shard_size=30, workers=2)
     return str(dest)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port; the AWS variables point at it for the session."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.3)
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                      AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_shards(s3_server, demo_images) -> str:
+    """The same shards as ``shards``, uploaded to a bucket of the S3 server."""
+    from orchestrator.shards import build_split
+    from training import storage
+
+    storage.ensure_bucket("s3://test-data")
+    for split in ("train", "val"):
+        build_split(demo_images, "s3://test-data/demo", split, shard_size=30, workers=2)
+    return "s3://test-data/demo"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -39,7 +41,8 @@ def join(url: str, *parts: str) -> str:
 def s3_client():
     """A boto3 S3 client for this process and thread, with retries and backoff."""
     client = getattr(_local, "client", None)
-    pid = os.getpid()
+    # Keyed by process (DataLoader workers fork) and endpoint (tests point it at a proxy).
+    pid = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
     if client is None or getattr(_local, "pid", None) != pid:
         import boto3
         from botocore.config import Config
@@ -56,8 +59,17 @@ def s3_client():
     return client
 
 
+_PERMANENT = ("NoSuchBucket", "NoSuchKey", "404", "NotFound", "AccessDenied",
+              "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+
+
 def _explain(url: str, exc: Exception) -> StorageError:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+    code = _error_code(exc)
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
     if code in ("NoSuchBucket",):
         return StorageError(f"bucket of {url} does not exist (endpoint {endpoint})")
@@ -68,6 +80,74 @@ def _explain(url: str, exc: Exception) -> StorageError:
     return StorageError(f"cannot read {url} from {endpoint}: {type(exc).__name__}: {exc}")
 
 
+class S3Stream(io.RawIOBase):
+    """Sequential reads of one S3 object that survive a dropped connection.
+
+    botocore retries failed requests, but not a body that breaks half-way (a reset, a timeout,
+    a server that closes early). This reader notices (an error, or fewer bytes than the object
+    holds) and asks again from the byte where it stopped, with exponential backoff and jitter.
+    """
+
+    def __init__(self, url: str, *, max_attempts: int = 8, base_delay: float = 0.2):
+        super().__init__()
+        self.url, (self.bucket, self.key) = url, split_s3(url)
+        self.max_attempts, self.base_delay = max_attempts, base_delay
+        self.pos, self.retries = 0, 0
+        self.body, self.length = None, None
+        self._open()
+
+    def _open(self) -> None:
+        kwargs = {"Range": f"bytes={self.pos}-"} if self.pos else {}
+        response = s3_client().get_object(Bucket=self.bucket, Key=self.key, **kwargs)
+        self.body = response["Body"]
+        if self.length is None:
+            self.length = response["ContentLength"]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.length is not None and self.pos >= self.length:
+            return b""
+        attempt = 0
+        while True:
+            try:
+                if self.body is None:
+                    self._open()
+                data = self.body.read(None if n is None or n < 0 else n)
+                if not data:
+                    raise ConnectionError(f"stream ended at byte {self.pos} of {self.length}")
+                self.pos += len(data)
+                return data
+            except Exception as exc:
+                if _error_code(exc) in _PERMANENT:
+                    raise _explain(self.url, exc) from None
+                attempt += 1
+                self.retries += 1
+                if attempt >= self.max_attempts:
+                    raise StorageError(f"reading {self.url} failed {attempt} times at byte "
+                                       f"{self.pos}: {exc}") from None
+                self._close_body()
+                time.sleep(min(10.0, self.base_delay * 2 ** attempt) * (0.5 + random.random()))
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _close_body(self) -> None:
+        if self.body is not None:
+            try:
+                self.body.close()
+            except Exception:
+                pass
+            self.body = None
+
+    def close(self) -> None:
+        self._close_body()
+        super().close()
+
+
 def open_stream(url: str) -> BinaryIO:
     """Open a local file or an s3:// object for sequential reading."""
     if not is_s3(url):
@@ -75,9 +155,10 @@ def open_stream(url: str) -> BinaryIO:
             return open(url, "rb")
         except OSError as exc:
             raise StorageError(f"cannot open {url}: {exc.strerror}") from None
-    bucket, key = split_s3(url)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        return S3Stream(url)
+    except StorageError:
+        raise
     except Exception as exc:  # botocore raises many types; each becomes one clear message
         raise _explain(url, exc) from None
 
@@ -96,8 +177,7 @@ def exists(url: str) -> int | None:
     try:
         return s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("404", "NoSuchKey", "NotFound"):
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise _explain(url, exc) from None
 
