@@ -27,6 +27,7 @@ class TrainConfig:
     data_url: str = "s3://depthlab/demo-data"
     image_size: int = 32
     augment: str = "cifar"
+    eval_crops: int = 1  # 1: single center crop; 10: the paper's 10-crop testing
     loader_workers: int = 0  # DataLoader worker processes per training worker
     # Optimisation ([P1] 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 with step decay).
     epochs: int = 10
@@ -92,6 +93,10 @@ def validate(cfg: TrainConfig) -> None:
     resolve_spec(cfg.arch, cfg.depth, dataset=cfg.dataset, **cfg.model_options())
     if cfg.augment not in AUGMENTS:
         raise ValueError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
+    if cfg.eval_crops not in (1, 10):
+        raise ValueError(f"eval_crops must be 1 or 10, got {cfg.eval_crops!r}")
+    if cfg.eval_crops == 10 and cfg.augment == "cifar":
+        raise ValueError("eval_crops=10 needs an imagenet augment (the crops come from a resize)")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}: choose one of {PRECISIONS}")
     positive = ("epochs", "global_batch_size", "num_workers", "image_size", "log_every_steps")

@@ -26,6 +26,7 @@ import random
 import tarfile
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -188,9 +189,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             return None
         try:
             label = int(parts["cls"])
-            image = Image.open(io.BytesIO(parts["jpg"]))
-            image.draft("RGB", (image.width, image.height))  # no-op at full size; cheap hint
-            return self.transform(image.convert("RGB")), label
+            # Opened lazily: the transform decodes, at reduced size where its output allows.
+            return self.transform(Image.open(io.BytesIO(parts["jpg"]))), label
         except Exception as exc:  # corrupt JPEG, missing label: skip and count
             log.warning("skipping bad sample %s: %s", key, exc)
             return None
@@ -219,6 +219,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         wid = (physical + self.skip_batches) % nworkers
         ranges = split_ranges(self.ranges, nworkers, wid, self.batch_size)
         seed = None if self.shuffle_seed is None else f"{self.shuffle_seed}/{wid}"
+        if seed is not None:
+            # Augmentation draws from the global generators: seed them per part and epoch so a
+            # run (and a resumed run) sees the same crops in or out of loader workers.
+            random.seed(f"{seed}/augment")
+            np.random.seed(random.getrandbits(32))
         mine = max(0, -(-(self.skip_batches - wid) // nworkers))  # this part's consumed batches
         stream = itertools.islice(self._shuffled(self._samples(ranges), seed),
                                   mine * self.batch_size, None)  # dropped before decoding
@@ -271,11 +276,12 @@ class ShardLoader:
 def build_loader(data_url: str, split: str, *, batch_size: int, rank: int = 0,
                  world_size: int = 1, epoch: int = 0, seed: int = 0, train: bool | None = None,
                  image_size: int = 32, augment: str = "cifar", num_workers: int = 0,
-                 skip_batches: int = 0, pin_memory: bool = False,
+                 skip_batches: int = 0, pin_memory: bool = False, eval_crops: int = 1,
                  manifest: Manifest | None = None) -> ShardLoader:
     """A loader of ``(images, labels)`` batches for one rank; see the module docstring.
 
-    ``train`` defaults to ``split == "train"``. ``skip_batches`` resumes mid-epoch: the samples
+    ``train`` defaults to ``split == "train"``. With ``eval_crops=10`` each evaluation sample
+    is a (10, 3, H, W) stack of the paper's crops. ``skip_batches`` resumes mid-epoch: the samples
     of the batches already consumed are read in the same order and dropped before decoding, so
     the rest of the epoch is exactly what an uninterrupted run would have seen.
     """
@@ -285,7 +291,7 @@ def build_loader(data_url: str, split: str, *, batch_size: int, rank: int = 0,
                         seed=seed, epoch=epoch, train=train)
     dataset = ShardStream(
         data_url, manifest, ranges, batch_size=batch_size,
-        transform=build_transform(augment, image_size, train=train),
+        transform=build_transform(augment, image_size, train=train, eval_crops=eval_crops),
         shuffle_seed=f"{seed}/{epoch}/{rank}" if train else None, skip_batches=skip_batches,
     )
     return ShardLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)

@@ -64,15 +64,22 @@ def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest) -> dict:
     loader = build_loader(cfg.data_url, "val", batch_size=cfg.per_worker_batch_size,
                           rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
                           image_size=cfg.image_size, augment=cfg.augment,
-                          num_workers=cfg.loader_workers, manifest=manifest)
+                          num_workers=cfg.loader_workers, eval_crops=cfg.eval_crops,
+                          manifest=manifest)
     acc = Accumulator(ctx.device)
     was_training = model.training
     model.eval()
     with torch.no_grad(), _autocast(cfg, ctx):
         for images, labels in loader:
+            crops = images.shape[1] if images.dim() == 5 else 0
+            if crops:  # 10-crop: average the softmax over the crops of each image [P1 4.1]
+                images = images.flatten(0, 1)
             x, y = _to_device(images, labels, cfg, ctx)
-            logits = model(x)
-            acc.update(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
+            logits = model(x).float()
+            if crops:
+                probs = logits.softmax(-1).view(len(y), crops, -1).mean(1)
+                logits = probs.clamp_min(1e-12).log()
+            acc.update(F.cross_entropy(logits, y, reduction="sum"), logits, y)
     model.train(was_training)
     result = acc.result(ctx.distributed)
     result["skipped"] = loader.skipped
@@ -125,7 +132,6 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
     acc = Accumulator(ctx.device)
     final: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # augmentation randomness per epoch
         loader = build_loader(cfg.data_url, "train", batch_size=cfg.per_worker_batch_size,
                               rank=ctx.rank, world_size=ctx.world_size, epoch=epoch,
                               seed=cfg.seed, image_size=cfg.image_size, augment=cfg.augment,

@@ -1,41 +1,184 @@
-"""Augmentations as PIL -> uint8 CHW tensors (normalisation happens on the device, in the loop).
+"""Decoding and augmentation: a lazily opened PIL JPEG in, uint8 CHW tensor(s) out.
 
-- ``cifar`` [P1 4.2]: pad 4 (zeros), random crop, horizontal flip; evaluation uses the image as is.
-  The pad scales with the image (4 pixels at 32) so small demo images keep the same recipe.
-- ``imagenet``: RandomResizedCrop + flip for training (the common recipe since Inception);
-  evaluation takes the single center crop of the image resized to 256/224 of the crop size.
+Each transform receives the image before its pixels are decoded, so it can ask libjpeg for a
+reduced-size decode (``Image.draft``: DCT scaling by 1/2, 1/4 or 1/8) whenever the pixels it
+keeps are fewer than the file holds. A 500x375 ImageNet photo that ends as a 224 crop of a
+256-pixel resize decodes at full size, but one whose random crop covers 600 pixels decodes at
+half size. Normalisation (mean subtraction) happens on the device, in the loop.
+
+Recipes (``augment`` in the config):
+- ``cifar`` [P1 4.2]: pad (4 at 32 pixels, scaled with the image), random crop, flip.
+- ``imagenet``: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip, the common recipe.
+- ``imagenet_paper`` [P1 3.4]: shorter side resized to a random size in [256, 480] (scaled
+  by size/224), random crop, flip, AlexNet PCA colour lighting (std 0.1).
+Evaluation: ``cifar`` uses the image as is; the ImageNet recipes use the single center crop of
+the image resized to 256/224 of the crop, or with ``eval_crops=10`` the paper's 10-crop (the
+four corners and the center, and their mirror images) stacked as a (10, 3, H, W) tensor.
 """
 
 from __future__ import annotations
 
-import torch
-from torchvision.transforms import v2
+import math
+import random
 
-AUGMENTS = ("cifar", "imagenet")
+import numpy as np
+import torch
+from PIL import Image
+
+AUGMENTS = ("cifar", "imagenet", "imagenet_paper")
 
 # Per-channel statistics of ImageNet, in 0..255; used for every dataset (the papers subtract a
-# per-pixel mean; per-channel is the standard simplification and makes no measurable difference).
+# per-pixel mean; per-channel is the standard simplification).
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# AlexNet's PCA lighting: eigenvalues and eigenvectors of ImageNet's RGB covariance (0..1 scale),
+# as used by fb.resnet.torch.
+_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                    [-0.5808, -0.0045, -0.8140],
+                    [-0.5836, -0.6948, 0.4203]])
 
 
-def build_transform(augment: str, image_size: int, *, train: bool):
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def draft(image: Image.Image, min_w: float, min_h: float) -> float:
+    """Ask for the smallest JPEG decode scale keeping at least ``min_w x min_h`` pixels.
+
+    Returns the scale obtained (1, 1/2, 1/4 or 1/8); non-JPEG images stay at full size.
+    """
+    w = image.size[0]
+    if image.format == "JPEG":
+        image.draft("RGB", (max(1, math.ceil(min_w)), max(1, math.ceil(min_h))))
+    return image.size[0] / w
+
+
+def _flip(image: Image.Image) -> Image.Image:
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if random.random() < 0.5 else image
+
+
+class CifarTrain:
+    def __init__(self, size: int):
+        self.size, self.pad = size, max(1, round(size / 8))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        # Zero padding then a random crop = a random shift with zeros filling in [P1 4.2].
+        dx, dy = (random.randint(-self.pad, self.pad) for _ in range(2))
+        canvas = Image.new("RGB", (self.size, self.size))
+        canvas.paste(_flip(image), (dx, dy))
+        return to_tensor(canvas)
+
+
+class CifarEval:
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return to_tensor(image)
+
+
+class RandomResizedCrop:
+    """Inception-style crop, decoded at the smallest scale that still covers the output."""
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size, self.scale, self.log_ratio = size, scale, (math.log(ratio[0]), math.log(ratio[1]))
+
+    def params(self, width: int, height: int) -> tuple[float, float, float, float]:
+        area = width * height
+        for _ in range(10):
+            target = area * random.uniform(*self.scale)
+            aspect = math.exp(random.uniform(*self.log_ratio))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                x, y = random.randint(0, width - w), random.randint(0, height - h)
+                return x, y, w, h
+        side = min(width, height)  # fallback: the central square
+        return (width - side) / 2, (height - side) / 2, side, side
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        x, y, w, h = self.params(width, height)
+        s = draft(image, width * self.size / w, height * self.size / h)
+        box = (x * s, y * s, (x + w) * s, (y + h) * s)
+        out = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        return to_tensor(_flip(out))
+
+
+class Lighting:
+    """AlexNet PCA colour augmentation on a uint8 CHW tensor."""
+
+    def __init__(self, std: float = 0.1):
+        self.std = std
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = np.random.normal(0, self.std, 3)
+        shift = torch.tensor(_EIGVEC @ (alpha * _EIGVAL) * 255.0, dtype=torch.float32).view(3, 1, 1)
+        return (x.float() + shift).clamp_(0, 255).to(torch.uint8)
+
+
+class PaperScaleAugment:
+    """[P1 3.4]: shorter side to a random size in [256, 480] (for 224 crops), crop, flip, PCA."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.range = (round(256 * size / 224), round(480 * size / 224))
+        self.lighting = Lighting()
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        target = random.randint(*self.range)
+        width, height = image.size
+        k = target / min(width, height)
+        draft(image, width * k, height * k)
+        image = image.convert("RGB")
+        w, h = max(self.size, round(image.size[0] * target / min(image.size))), \
+            max(self.size, round(image.size[1] * target / min(image.size)))
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
+        x, y = random.randint(0, w - self.size), random.randint(0, h - self.size)
+        crop = _flip(image.crop((x, y, x + self.size, y + self.size)))
+        return self.lighting(to_tensor(crop))
+
+
+class ResizeCenterCrop:
+    """Shorter side to ``size * 256 / 224``, then the center ``size`` crop (or the 10 crops)."""
+
+    def __init__(self, size: int, crops: int = 1):
+        if crops not in (1, 10):
+            raise ValueError(f"eval crops must be 1 or 10, got {crops}")
+        self.size, self.crops, self.resize = size, crops, round(size * 256 / 224)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        k = self.resize / min(width, height)
+        draft(image, width * k, height * k)
+        image = image.convert("RGB")
+        k = self.resize / min(image.size)
+        w, h = max(self.resize, round(image.size[0] * k)), max(self.resize, round(image.size[1] * k))
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
+        s = self.size
+        center = ((w - s) // 2, (h - s) // 2)
+        if self.crops == 1:
+            return to_tensor(image.crop((*center, center[0] + s, center[1] + s)))
+        corners = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
+        crops = [image.crop((x, y, x + s, y + s)) for x, y in corners]
+        crops += [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+        return torch.stack([to_tensor(c) for c in crops])
+
+
+def build_transform(augment: str, image_size: int, *, train: bool, eval_crops: int = 1):
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
-    to_tensor = v2.PILToTensor()
     if augment == "cifar":
-        if not train:
-            return v2.Compose([to_tensor, v2.Resize(image_size, antialias=True),
-                               v2.CenterCrop(image_size)])
-        pad = max(1, round(image_size / 8))
-        return v2.Compose([to_tensor, v2.Resize(image_size, antialias=True),
-                           v2.RandomCrop(image_size, padding=pad),
-                           v2.RandomHorizontalFlip()])
-    if train:
-        return v2.Compose([to_tensor, v2.RandomResizedCrop(image_size, antialias=True),
-                           v2.RandomHorizontalFlip()])
-    resize = round(image_size * 256 / 224)
-    return v2.Compose([to_tensor, v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)])
+        return CifarTrain(image_size) if train else CifarEval(image_size)
+    if not train:
+        return ResizeCenterCrop(image_size, eval_crops)
+    return RandomResizedCrop(image_size) if augment == "imagenet" else PaperScaleAugment(image_size)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -77,3 +77,10 @@ class _Stopped(Exception):
 def test_stop_helper_really_stops(shards, tmp_path):
     with pytest.raises(_Stopped):
         train(config(shards, epochs=3), WorkerContext(report=_StopAfter(LocalCheckpoints(tmp_path), 1)))
+
+
+def test_ten_crop_evaluation_counts_each_image_once(shards):
+    rec = Recorder()
+    final = train(config(shards, epochs=1, augment="imagenet", eval_crops=10),
+                  WorkerContext(tracker=rec))
+    assert 0 <= final["val/error_top1"] <= 100 and final["data/skipped_samples"] == 0

@@ -1,0 +1,78 @@
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.transforms import (CifarTrain, PaperScaleAugment, RandomResizedCrop,
+                                 ResizeCenterCrop, build_transform, draft, normalize)
+
+
+def photo(w=500, h=375, fmt="JPEG") -> bytes:
+    """A smooth gradient photo-like JPEG (so a center crop is checkable by colour)."""
+    x = np.linspace(0, 255, w)[None, :, None]
+    y = np.linspace(0, 255, h)[:, None, None]
+    arr = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                          np.full((h, w, 1), 128.0)], axis=2).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, quality=90)
+    return buf.getvalue()
+
+
+def lazy(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def test_draft_decodes_at_reduced_size_only_when_allowed():
+    img = lazy(photo())
+    assert draft(img, 120, 90) == 0.25 and img.size == (125, 94)
+    img = lazy(photo())
+    assert draft(img, 400, 300) == 1.0 and img.size == (500, 375)
+    png = lazy(photo(fmt="PNG"))
+    assert draft(png, 50, 50) == 1.0
+
+
+@pytest.mark.parametrize("t", [RandomResizedCrop(224), PaperScaleAugment(224),
+                               ResizeCenterCrop(224), CifarTrain(32)])
+def test_outputs_are_uint8_chw_of_the_crop_size(t):
+    random.seed(0)
+    out = t(lazy(photo()))
+    size = 32 if isinstance(t, CifarTrain) else 224
+    assert out.dtype == torch.uint8 and out.shape == (3, size, size)
+
+
+def test_center_crop_is_centered():
+    out = ResizeCenterCrop(224)(lazy(photo()))
+    # Red grows left to right, green top to bottom: the center pixel is mid-range in both.
+    r, g = out[0, 112, 112].item(), out[1, 112, 112].item()
+    assert abs(r - 128) < 12 and abs(g - 128) < 12
+
+
+def test_ten_crop_stacks_corners_center_and_mirrors():
+    out = ResizeCenterCrop(224, crops=10)(lazy(photo()))
+    assert out.shape == (10, 3, 224, 224)
+    torch.testing.assert_close(out[5], out[0].flip(-1))
+    assert out[0][0].float().mean() < out[1][0].float().mean()  # left corner redder less
+
+
+def test_paper_scale_augment_is_reproducible_under_a_seed():
+    def run():
+        random.seed(3)
+        np.random.seed(3)
+        return PaperScaleAugment(224)(lazy(photo()))
+
+    torch.testing.assert_close(run(), run())
+
+
+def test_build_transform_rejects_unknown_recipes():
+    with pytest.raises(ValueError, match="cifar, imagenet, imagenet_paper"):
+        build_transform("autoaugment", 224, train=True)
+    with pytest.raises(ValueError, match="1 or 10"):
+        build_transform("imagenet", 224, train=False, eval_crops=5)
+
+
+def test_normalize_subtracts_the_mean():
+    x = torch.full((1, 3, 2, 2), 124, dtype=torch.uint8)
+    assert normalize(x)[0, 0].abs().max() < 0.02
