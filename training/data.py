@@ -22,8 +22,10 @@ import io
 import itertools
 import json
 import logging
+import queue
 import random
 import tarfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +132,42 @@ def split_ranges(ranges: list[Range], parts: int, part: int, batch_size: int) ->
     return out
 
 
+def prefetched(urls: list[str]):
+    """``(url, stream)`` for each url, the next shard downloading while this one is decoded.
+
+    One background thread reads whole shards into memory, at most one ahead of the consumer,
+    so network latency (and a slow S3 server) overlaps with decoding.
+    """
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def fetch():
+        for url in urls:
+            if stop.is_set():
+                return
+            try:
+                item = (url, io.BytesIO(storage.read_bytes(url)))
+            except Exception as exc:  # handed to the consumer, raised there
+                item = (url, exc)
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    thread = threading.Thread(target=fetch, name="shard-prefetch", daemon=True)
+    thread.start()
+    try:
+        for _ in urls:
+            url, item = ahead.get()
+            if isinstance(item, Exception):
+                raise item
+            yield url, item
+    finally:
+        stop.set()
+
+
 def iter_tar_samples(stream):
     """Group the members of a WebDataset tar stream into ``(key, {ext: bytes})`` samples.
 
@@ -168,10 +206,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shuffle_seed, self.shuffle_buffer = shuffle_seed, shuffle_buffer
 
     def _samples(self, ranges):
-        for shard, start, stop in ranges:
-            url = storage.join(self.data_url, self.manifest.split, self.manifest.shards[shard])
+        urls = [storage.join(self.data_url, self.manifest.split, self.manifest.shards[shard])
+                for shard, _, _ in ranges]
+        for (shard, start, stop), (url, stream) in zip(ranges, prefetched(urls)):
             got = 0
-            with storage.open_stream(url) as stream:
+            with stream:
                 for i, (key, parts) in enumerate(iter_tar_samples(stream)):
                     if i < start:
                         continue  # skipped without decoding
@@ -247,7 +286,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _collate(images, labels, skipped):
         if not images:
             return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
-        return torch.stack(images), torch.tensor(labels, dtype=torch.long), skipped
+        # The transforms' CHW tensors are views of HWC pixels: stacking those contiguous HWC
+        # blocks is a plain copy, and the NCHW view of the result is channels_last in memory,
+        # the layout the model wants.
+        batch = torch.stack([im.movedim(-3, -1) for im in images]).movedim(-1, -3)
+        return batch, torch.tensor(labels, dtype=torch.long), skipped
 
 
 class ShardLoader:

@@ -40,7 +40,10 @@ _EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    """CHW uint8, as a view of HWC memory (the loader stacks those into channels_last batches)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def draft(image: Image.Image, min_w: float, min_h: float) -> float:

@@ -1,0 +1,170 @@
+"""Loader throughput: images/s per core of decode + augment, measured in one run.
+
+    .venv/bin/python bench/loader.py [--images 600] [--repeats 3] [--out bench/results]
+
+Generates ImageNet-sized JPEGs (500x375, like a typical ImageNet photo), writes them as an
+ImageFolder, as local shards and as shards on a moto S3 server started on a free loopback port,
+then times, in one process on one thread (so the figures are per core):
+- bare decode: ``Image.open(...).convert("RGB")`` of the same bytes, nothing else;
+- (a) torchvision's ImageFolder with RandomResizedCrop(224) + flip: the plain PIL path;
+- (b) depthlab's loader on the local shards, same recipe ("imagenet");
+- (c) the same shards through the S3 server;
+plus the paper's scale augmentation and the evaluation center crop on local shards.
+Targets: (c) within 10% of (b); (b) at 80% or more of the bare decode rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from orchestrator.demo_data import SHAPES, render  # noqa: E402
+from orchestrator.shards import build_split  # noqa: E402
+
+
+def make_images(root: Path, n: int, classes: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        k = i % classes
+        img = render(rng, SHAPES[k % 3], k * 0.3, 500)[:375]
+        folder = root / "train" / f"c{k:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"c{k:03d}_{i}.JPEG", quality=90)
+
+
+def timed(fn, repeats: int) -> float:
+    """Best images/s of ``repeats`` runs (the least disturbed by the rest of the machine)."""
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t))
+    return max(rates)
+
+
+def bare_decode(files: list[bytes]) -> int:
+    for data in files:
+        Image.open(io.BytesIO(data)).convert("RGB").load()
+    return len(files)
+
+
+def imagefolder(root: Path) -> int:
+    import torchvision
+    from torchvision.transforms import v2
+
+    ds = torchvision.datasets.ImageFolder(str(root / "train"), transform=v2.Compose([
+        v2.PILToTensor(), v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()]))
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=0)
+    return sum(len(y) for _, y in loader)
+
+
+def shards(url: str, augment: str = "imagenet", train: bool = True) -> int:
+    from training.data import build_loader
+
+    loader = build_loader(url, "train", batch_size=64, image_size=224, augment=augment,
+                          train=train)
+    return sum(len(y) for _, y in loader)
+
+
+def start_s3():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    return proc
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=600)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    random.seed(0)
+    with tempfile.TemporaryDirectory(prefix="depthlab-bench-") as tmp:
+        root = Path(tmp) / "images"
+        make_images(root, args.images)
+        (root / "val").mkdir()
+        for d in (root / "train").iterdir():  # a val split, so the builder has both
+            (root / "val" / d.name).mkdir()
+            first = next(d.iterdir())
+            (root / "val" / d.name / first.name).write_bytes(first.read_bytes())
+        local = str(Path(tmp) / "shards")
+        build_split(root, local, "train", shard_size=100, workers=2)
+        files = [f.read_bytes() for f in sorted((root / "train").rglob("*.JPEG"))]
+        s3 = start_s3()
+        try:
+            from training import storage
+
+            storage.ensure_bucket("s3://bench")
+            build_split(root, "s3://bench/shards", "train", shard_size=100, workers=2)
+            r = {
+                "bare_decode": timed(lambda: bare_decode(files), args.repeats),
+                "a_imagefolder_pil": timed(lambda: imagefolder(root), args.repeats),
+                "b_shards_local": timed(lambda: shards(local), args.repeats),
+                "c_shards_s3": timed(lambda: shards("s3://bench/shards"), args.repeats),
+                "paper_scale_augment_local": timed(lambda: shards(local, "imagenet_paper"), args.repeats),
+                "eval_center_crop_local": timed(lambda: shards(local, "imagenet", train=False), args.repeats),
+            }
+        finally:
+            s3.terminate()
+            s3.wait(timeout=10)
+    ratios = {"s3_over_local": r["c_shards_s3"] / r["b_shards_local"],
+              "augmented_over_bare_decode": r["b_shards_local"] / r["bare_decode"],
+              "local_over_imagefolder": r["b_shards_local"] / r["a_imagefolder_pil"]}
+    result = {"images": args.images, "image_size": "500x375 JPEG q90", "crop": 224,
+              "threads": 1, "repeats": args.repeats, "images_per_sec": r, "ratios": ratios,
+              "targets_met": {"s3_within_10pct": ratios["s3_over_local"] >= 0.9,
+                              "augmented_at_least_80pct_of_decode":
+                                  ratios["augmented_over_bare_decode"] >= 0.8},
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+                         f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "loader.json").write_text(json.dumps(result, indent=1))
+    lines = ["# Loader throughput (images/s on one core)", "",
+             f"`{' '.join(['.venv/bin/python', 'bench/loader.py'] + sys.argv[1:])}` on "
+             f"{result['machine']}, {result['date']}; {args.images} JPEGs of 500x375, 224 crops, "
+             f"best of {args.repeats}.", "", "| path | images/s |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in r.items()]
+    lines += ["", "| ratio | value | target |", "|---|---|---|",
+              f"| S3 / local shards | {ratios['s3_over_local']:.2f} | >= 0.90 |",
+              f"| augmented (b) / bare decode | {ratios['augmented_over_bare_decode']:.2f} | >= 0.80 |",
+              f"| local shards (b) / ImageFolder (a) | {ratios['local_over_imagefolder']:.2f} | - |"]
+    (args.out / "loader.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
