@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from training.config import TrainConfig
+from training.recipes import recipe_values
 
 TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster")
 GRID_KEYS = ("arch", "depth", "seed")
@@ -64,8 +65,12 @@ class SweepSpec:
     def runs(self) -> list[TrainConfig]:
         """One config per (arch, depth, seed), in the order they are launched."""
         out = []
+        try:
+            preset = recipe_values(self.train["recipe"]) if self.train.get("recipe") else {}
+        except ValueError as exc:
+            raise SpecError(f"train.recipe: {exc}") from None
         for arch, depth, seed in itertools.product(self.archs, self.depths, self.seeds):
-            values = dict(self.train, arch=arch, depth=depth, seed=seed,
+            values = dict(preset, **self.train, arch=arch, depth=depth, seed=seed,
                           num_workers=self.cluster.workers_per_run,
                           use_gpu=self.cluster.use_gpu, run_name=f"{arch}-{depth}-s{seed}")
             try:

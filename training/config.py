@@ -30,21 +30,31 @@ class TrainConfig:
     eval_crops: int = 1  # 1: single center crop; 10: the paper's 10-crop testing
     loader_workers: int = 0  # DataLoader worker processes per training worker
     # Optimisation ([P1] 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 with step decay).
+    recipe: str = ""  # a preset of training.recipes that filled these values (a record)
     epochs: int = 10
+    max_steps: int = 0  # stop after this many iterations (0: epochs x steps per epoch)
     global_batch_size: int = 128
     num_workers: int = 1  # DDP world size
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lr_schedule: str = "step"  # "step": drops at lr_milestones; "plateau": when val error stalls
     lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run where lr drops
     lr_gamma: float = 0.1
+    plateau_patience: int = 5  # evaluations without improvement before a plateau drop
+    lr_reference_batch: int = 0  # linear scaling: lr x global_batch / this (0: no scaling)
     warmup_steps: int = 0
     warmup_lr: float = 0.01  # [P1]/[P2]: a constant 0.01 before the first step at full lr
+    warmup: str = "constant"  # "constant" (the papers) or "linear" (Goyal et al., large batches)
+    no_bn_weight_decay: bool = False  # no weight decay on BN parameters and biases
     # Execution.
     use_gpu: bool = False
     precision: str = "fp32"
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    ddp_bucket_cap_mb: int = 25
     log_every_steps: int = 10
+    checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch (0: at epoch ends only)
     # Tracking (filled by the orchestrator; empty in a plain single process).
     mlflow_run_id: str = ""
     run_name: str = ""
@@ -93,6 +103,12 @@ def validate(cfg: TrainConfig) -> None:
     resolve_spec(cfg.arch, cfg.depth, dataset=cfg.dataset, **cfg.model_options())
     if cfg.augment not in AUGMENTS:
         raise ValueError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
+    if cfg.lr_schedule not in ("step", "plateau"):
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}: choose step or plateau")
+    if cfg.warmup not in ("constant", "linear"):
+        raise ValueError(f"unknown warmup {cfg.warmup!r}: choose constant or linear")
+    if min(cfg.max_steps, cfg.checkpoint_every_steps, cfg.lr_reference_batch) < 0:
+        raise ValueError("max_steps, checkpoint_every_steps and lr_reference_batch must be >= 0")
     if cfg.eval_crops not in (1, 10):
         raise ValueError(f"eval_crops must be 1 or 10, got {cfg.eval_crops!r}")
     if cfg.eval_crops == 10 and cfg.augment == "cifar":

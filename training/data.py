@@ -258,17 +258,18 @@ class ShardStream(torch.utils.data.IterableDataset):
         wid = (physical + self.skip_batches) % nworkers
         ranges = split_ranges(self.ranges, nworkers, wid, self.batch_size)
         seed = None if self.shuffle_seed is None else f"{self.shuffle_seed}/{wid}"
-        if seed is not None:
-            # Augmentation draws from the global generators: seed them per part and epoch so a
-            # run (and a resumed run) sees the same crops in or out of loader workers.
-            random.seed(f"{seed}/augment")
-            np.random.seed(random.getrandbits(32))
         mine = max(0, -(-(self.skip_batches - wid) // nworkers))  # this part's consumed batches
+        first = mine * self.batch_size
         stream = itertools.islice(self._shuffled(self._samples(ranges), seed),
-                                  mine * self.batch_size, None)  # dropped before decoding
+                                  first, None)  # dropped before decoding
         images, labels, skipped = [], [], 0
         slots = 0
-        for key, parts in stream:
+        for position, (key, parts) in enumerate(stream, start=first):
+            if seed is not None:
+                # Augmentation draws from the global generators, seeded per sample: the same
+                # crops in or out of loader workers, and after a resume that skipped samples.
+                random.seed(f"{seed}/{position}")
+                np.random.seed(random.getrandbits(32))
             sample = self._decode(key, parts)
             slots += 1
             if sample is None:

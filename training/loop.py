@@ -3,13 +3,21 @@
 Runs the same in a single process and under Ray Train; everything distributed goes through the
 ``WorkerContext``. Every rank executes the same number of steps, log points and reports, which
 Ray Train V2 requires (``report`` is a barrier) and DDP requires (collectives must match).
+
+A checkpoint (at every epoch end, and every ``checkpoint_every_steps`` steps) holds everything
+needed to continue as if nothing happened: model, optimizer (momentum buffers), the step, the
+position in the epoch, the validation history the plateau schedule replays, the config and the
+MLflow run id. The data order is a pure function of (seed, epoch), so a resumed run skips the
+batches already consumed and sees the rest of the epoch exactly as the uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +28,12 @@ from training.context import WorkerContext
 from training.data import build_loader, read_manifest
 from training.metrics import Accumulator
 from training.models import build_model
-from training.schedule import milestone_steps, step_lr
+from training.schedule import milestone_steps, plateau_drops, scaled_lr, step_lr
 from training.transforms import normalize
 
 CHECKPOINT_FILE = "checkpoint.pt"
+TRAIN_KEYS = ("train/loss", "train/error_top1", "lr", "throughput/images_per_sec")
+VAL_KEYS = ("val/error_top1", "val/error_top5", "val/loss", "data/skipped_samples", "epoch")
 
 
 def steps_per_epoch(num_samples: int, world_size: int, per_worker_batch: int) -> int:
@@ -37,14 +47,24 @@ def steps_per_epoch(num_samples: int, world_size: int, per_worker_batch: int) ->
     return steps
 
 
-def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, epoch: int, step: int,
-                    batch_in_epoch: int) -> str:
+@dataclass
+class Progress:
+    """Where a run is: what a checkpoint must carry besides the weights."""
+
+    epoch: int = 0  # the epoch in progress (or the next one, when batch == 0)
+    batch: int = 0  # batches of that epoch already trained
+    step: int = 0  # global iteration
+    val_history: list[float] = field(default_factory=list)  # val top-1 after each evaluation
+
+
+def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, progress: Progress) -> str:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "batch_in_epoch": batch_in_epoch,
+        "epoch": progress.epoch,
+        "batch_in_epoch": progress.batch,
+        "step": progress.step,
+        "val_history": list(progress.val_history),
         "config": cfg.to_dict(),
         "mlflow_run_id": cfg.mlflow_run_id,
         "torch_rng": torch.get_rng_state(),
@@ -57,6 +77,16 @@ def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, epoch: i
 def load_checkpoint(folder: str) -> dict:
     # weights_only: a checkpoint from untrusted storage cannot run code when loaded.
     return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, no_bn_decay: bool) -> list[dict]:
+    """One group, or two when BN parameters and biases (all 1-d tensors) skip weight decay."""
+    if not no_bn_decay:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest) -> dict:
@@ -97,6 +127,25 @@ def _to_device(images, labels, cfg, ctx):
     return x, labels.to(ctx.device, non_blocking=True)
 
 
+class Schedule:
+    """The learning rate of the run: the config's recipe as a function of the step."""
+
+    def __init__(self, cfg: TrainConfig, total_steps: int):
+        self.cfg = cfg
+        self.base = (scaled_lr(cfg.lr, cfg.global_batch_size, cfg.lr_reference_batch)
+                     if cfg.lr_reference_batch else cfg.lr)
+        self.milestones = (milestone_steps(cfg.lr_milestones, total_steps)
+                           if cfg.lr_schedule == "step" else ())
+
+    def lr(self, step: int, val_history: list[float]) -> float:
+        cfg = self.cfg
+        drops = (plateau_drops(val_history, patience=cfg.plateau_patience)
+                 if cfg.lr_schedule == "plateau" else 0)
+        return step_lr(step, base_lr=self.base, milestones=self.milestones, gamma=cfg.lr_gamma,
+                       warmup_steps=cfg.warmup_steps, warmup_lr=cfg.warmup_lr, warmup=cfg.warmup,
+                       drops=drops)
+
+
 def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
     """Train one (arch, depth, seed) run to the end, resuming from ``ctx.restore_dir`` if set.
 
@@ -113,36 +162,46 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
                         **cfg.model_options()).to(ctx.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay),
+                                lr=cfg.lr, momentum=cfg.momentum)
 
     per_epoch = steps_per_epoch(train_manifest.num_samples, ctx.world_size,
                                 cfg.per_worker_batch_size)
-    milestones = milestone_steps(cfg.lr_milestones, cfg.epochs * per_epoch)
-    start_epoch, step = 0, 0
+    total_steps = cfg.max_steps or cfg.epochs * per_epoch
+    epochs = math.ceil(total_steps / per_epoch)
+    schedule = Schedule(cfg, total_steps)
+    progress = Progress()
     if ctx.restore_dir:
         state = load_checkpoint(ctx.restore_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+        progress = Progress(state["epoch"], state["batch_in_epoch"], state["step"],
+                            list(state["val_history"]))
         torch.set_rng_state(state["torch_rng"])
-        ctx.print0(f"[{cfg.run_name}] resumed at epoch {start_epoch}, step {step}")
+        ctx.print0(f"[{cfg.run_name}] resumed at step {progress.step} "
+                   f"(epoch {progress.epoch + 1}, batch {progress.batch})")
 
-    net = DistributedDataParallel(model) if ctx.distributed else model
+    net = model
+    if ctx.distributed:
+        net = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            bucket_cap_mb=cfg.ddp_bucket_cap_mb, gradient_as_bucket_view=True)
+    if cfg.compile:
+        net = torch.compile(net)
     acc = Accumulator(ctx.device)
     final: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    while progress.step < total_steps:
+        epoch = progress.epoch
         loader = build_loader(cfg.data_url, "train", batch_size=cfg.per_worker_batch_size,
                               rank=ctx.rank, world_size=ctx.world_size, epoch=epoch,
                               seed=cfg.seed, image_size=cfg.image_size, augment=cfg.augment,
                               num_workers=cfg.loader_workers, manifest=train_manifest,
-                              pin_memory=ctx.device.type == "cuda")
+                              skip_batches=progress.batch, pin_memory=ctx.device.type == "cuda")
         net.train()
         acc.reset()
-        t_last, images_since = time.perf_counter(), 0
+        t_last = time.perf_counter()
         for images, labels in loader:
-            lr = step_lr(step, base_lr=cfg.lr, milestones=milestones, gamma=cfg.lr_gamma,
-                         warmup_steps=cfg.warmup_steps, warmup_lr=cfg.warmup_lr)
+            lr = schedule.lr(progress.step, progress.val_history)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = _to_device(images, labels, cfg, ctx)
@@ -153,41 +212,43 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
             loss.backward()
             optimizer.step()
             acc.update(loss * y.numel(), logits, y)
-            step += 1
-            images_since += y.numel()
-            if step % cfg.log_every_steps == 0 or step % per_epoch == 0:
+            progress.step += 1
+            progress.batch += 1
+            end_of_epoch = progress.batch == per_epoch or progress.step == total_steps
+            if progress.step % cfg.log_every_steps == 0 or end_of_epoch:
                 res = acc.result(ctx.distributed)  # a collective: every rank is here
                 now = time.perf_counter()
-                rate = res["count"] / max(now - t_last, 1e-9)
                 final.update({"train/loss": res["loss"], "train/error_top1": res["error_top1"],
-                              "lr": lr, "throughput/images_per_sec": rate})
-                ctx.tracker.log_metrics({k: final[k] for k in ("train/loss", "train/error_top1",
-                                                               "lr", "throughput/images_per_sec")},
-                                        step)
+                              "lr": lr, "throughput/images_per_sec": res["count"] / max(now - t_last, 1e-9)})
+                ctx.tracker.log_metrics({k: final[k] for k in TRAIN_KEYS}, progress.step)
                 acc.reset()
-                t_last, images_since = now, 0
+                t_last = now
+            if end_of_epoch:
+                break
+            if cfg.checkpoint_every_steps and progress.step % cfg.checkpoint_every_steps == 0:
+                _report(ctx, dict(final), model, optimizer, cfg, progress)
 
         val = evaluate(model, cfg, ctx, val_manifest)
+        progress.val_history.append(val["error_top1"])
+        progress.epoch, progress.batch = epoch + 1, 0
         final.update({"val/error_top1": val["error_top1"], "val/error_top5": val["error_top5"],
                       "val/loss": val["loss"], "data/skipped_samples": loader.skipped + val["skipped"],
                       "epoch": epoch + 1})
-        ctx.tracker.log_metrics({k: final[k] for k in ("val/error_top1", "val/error_top5",
-                                                       "val/loss", "data/skipped_samples", "epoch")},
-                                step)
-        ctx.print0(f"[{cfg.run_name or cfg.arch + str(cfg.depth)}] epoch {epoch + 1}/{cfg.epochs} "
-                   f"step {step} train err {final.get('train/error_top1', float('nan')):.1f}% "
+        ctx.tracker.log_metrics({k: final[k] for k in VAL_KEYS}, progress.step)
+        ctx.print0(f"[{cfg.run_name or cfg.arch + str(cfg.depth)}] epoch {epoch + 1}/{epochs} "
+                   f"step {progress.step} train err {final.get('train/error_top1', float('nan')):.1f}% "
                    f"val err {val['error_top1']:.1f}% ({val['count']} images)")
-        _report(ctx, final, model, optimizer, cfg, epoch, step)
+        _report(ctx, dict(final), model, optimizer, cfg, progress)
     return final
 
 
-def _report(ctx, metrics, model, optimizer, cfg, epoch, step):
+def _report(ctx, metrics, model, optimizer, cfg, progress: Progress):
     if ctx.report is None:
         return
+    metrics["step"] = progress.step
     if not ctx.is_main:
-        ctx.report(dict(metrics), None)
+        ctx.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="depthlab-ckpt-") as folder:
-        save_checkpoint(folder, model=model, optimizer=optimizer, cfg=cfg, epoch=epoch,
-                        step=step, batch_in_epoch=0)
-        ctx.report(dict(metrics), folder)
+        save_checkpoint(folder, model=model, optimizer=optimizer, cfg=cfg, progress=progress)
+        ctx.report(metrics, folder)

@@ -46,7 +46,7 @@ def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
     with pytest.raises(_Stopped):
         train(config(shards), WorkerContext(report=_StopAfter(first, 2)))
     state = load_checkpoint(first.latest())
-    assert state["epoch"] == 1 and state["step"] == 20
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (2, 0, 20)
     resumed = LocalCheckpoints(tmp_path / "c")
     rec = Recorder()
     train(config(shards), WorkerContext(report=resumed, restore_dir=first.latest(), tracker=rec))
@@ -84,3 +84,38 @@ def test_ten_crop_evaluation_counts_each_image_once(shards):
     final = train(config(shards, epochs=1, augment="imagenet", eval_crops=10),
                   WorkerContext(tracker=rec))
     assert 0 <= final["val/error_top1"] <= 100 and final["data/skipped_samples"] == 0
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(shards, tmp_path):
+    cfg = config(shards, epochs=3, checkpoint_every_steps=5)
+    straight = LocalCheckpoints(tmp_path / "a")
+    train(cfg, WorkerContext(report=straight))
+    first = LocalCheckpoints(tmp_path / "b")
+    with pytest.raises(_Stopped):
+        # Reports at steps 5 (mid-epoch), 10 (epoch end), 15 (mid-epoch): stop there.
+        train(cfg, WorkerContext(report=_StopAfter(first, 3)))
+    state = load_checkpoint(first.latest())
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 5, 15)
+    resumed = LocalCheckpoints(tmp_path / "c")
+    rec = Recorder()
+    train(cfg, WorkerContext(report=resumed, restore_dir=first.latest(), tracker=rec))
+    assert [s for s, m in rec.points if "train/loss" in m][0] == 20  # no step logged twice
+    a = load_checkpoint(straight.latest())["model"]
+    b = load_checkpoint(resumed.latest())["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_max_steps_stops_mid_epoch_and_evaluates(shards):
+    rec = Recorder()
+    final = train(config(shards, epochs=99, max_steps=13), WorkerContext(tracker=rec))
+    assert max(s for s, _ in rec.points) == 13 and "val/error_top1" in final
+
+
+def test_bn_parameters_can_skip_weight_decay():
+    from training.loop import parameter_groups
+    from training.models import build_model
+
+    groups = parameter_groups(build_model("residual", 8, dataset="cifar"), 1e-4, True)
+    assert groups[1]["weight_decay"] == 0 and all(p.ndim == 1 for p in groups[1]["params"])
+    assert all(p.ndim > 1 for p in groups[0]["params"])
