@@ -127,6 +127,19 @@ def _to_device(images, labels, cfg, ctx):
     return x, labels.to(ctx.device, non_blocking=True)
 
 
+def train_step(net, optimizer, images, labels, cfg: TrainConfig, ctx: WorkerContext,
+               acc: Accumulator) -> None:
+    """One SGD step on a uint8 batch; the metrics stay on the device (no host sync)."""
+    x, y = _to_device(images, labels, cfg, ctx)
+    with _autocast(cfg, ctx):
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    acc.update(loss * y.numel(), logits, y)
+
+
 class Schedule:
     """The learning rate of the run: the config's recipe as a function of the step."""
 
@@ -204,14 +217,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
             lr = schedule.lr(progress.step, progress.val_history)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = _to_device(images, labels, cfg, ctx)
-            with _autocast(cfg, ctx):
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            acc.update(loss * y.numel(), logits, y)
+            train_step(net, optimizer, images, labels, cfg, ctx, acc)
             progress.step += 1
             progress.batch += 1
             end_of_epoch = progress.batch == per_epoch or progress.step == total_steps

@@ -49,3 +49,18 @@ def test_malformed_override_and_missing_file():
         apply_overrides({}, ["epochs"])
     with pytest.raises(SpecError, match="cannot read config"):
         load_spec(REPO / "configs" / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo", "cifar10_paper", "imagenet_table2", "imagenet_deep"])
+def test_every_shipped_config_is_valid(name):
+    spec = load_spec(REPO / "configs" / f"{name}.yaml")
+    runs = spec.runs()
+    assert runs and all(r.global_batch_size % r.num_workers == 0 for r in runs)
+
+
+def test_paper_configs_carry_the_papers_recipes():
+    table2 = load_spec(REPO / "configs" / "imagenet_table2.yaml").runs()
+    assert {r.shortcut for r in table2} == {"A"} and {r.recipe for r in table2} == {"imagenet_paper"}
+    assert {r.depth for r in table2} == {18, 34} and table2[0].eval_crops == 10
+    cifar = load_spec(REPO / "configs" / "cifar10_paper.yaml").runs()
+    assert cifar[0].max_steps == 64000 and cifar[0].warmup_steps == 400
