@@ -203,6 +203,19 @@ def write_report(records: list[RunRecord], folder: Path, data_name: str = "",
     return summary, [md, png, js]
 
 
+def publish(tracker, parent_id: str, data_name: str, title: str, *, out: Path | None = None,
+            log: bool = True) -> tuple[dict, list[Path]]:
+    """Build the report of the tracker's sweep from MLflow and log it on the parent run."""
+    import tempfile
+
+    records = records_from_mlflow(tracker)
+    with tempfile.TemporaryDirectory(prefix="depthlab-report-") as tmp:
+        summary, files = write_report(records, out or Path(tmp), data_name, title)
+        if log:
+            tracker.log_files(parent_id, files, "report")
+    return summary, files
+
+
 def records_from_mlflow(tracker) -> list[RunRecord]:
     """The run records of a sweep, read back from its MLflow child runs."""
     records = []

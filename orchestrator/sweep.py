@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
-from pathlib import Path
 
-from orchestrator.report import records_from_mlflow, render_markdown, write_report
+from orchestrator.report import publish, render_markdown
 from orchestrator.spec import SweepSpec
 from training import storage
 from training.models import build_model, model_summary
@@ -149,13 +147,10 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
                 if queue:
                     launch()
 
-    records = records_from_mlflow(tracker)
-    with tempfile.TemporaryDirectory(prefix="depthlab-report-") as tmp:
-        summary, files = write_report(records, Path(tmp), spec.data_name,
-                                      title=f"{spec.experiment}: sweep {sweep_id}")
-        tracker.log_files(parent_id, files, "report")
+    title = f"{spec.experiment}: sweep {sweep_id}"
+    summary, _ = publish(tracker, parent_id, spec.data_name, title)
     print()
-    print(render_markdown(summary, title=f"{spec.experiment}: sweep {sweep_id}"))
+    print(render_markdown(summary, title))
     print(f"report: {tracker.ui_url(parent_id)} (artifacts: report/)")
     tracker.set_status(parent_id, "FAILED" if failures else "FINISHED")
     if failures:

@@ -17,6 +17,7 @@ from training.config import TrainConfig
 
 TAG_SWEEP, TAG_ROLE, TAG_RUN_KEY = "depthlab.sweep_id", "depthlab.role", "depthlab.run_key"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_DATA = "depthlab.data_name"
 METRICS = ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
            "throughput/images_per_sec")
 # Params the comparison relies on; the rest of the config is logged too.
@@ -42,13 +43,15 @@ def run_params(cfg: TrainConfig) -> dict:
 
 
 class SweepTracker:
-    def __init__(self, experiment: str, sweep_id: str):
+    def __init__(self, experiment: str, sweep_id: str, *, create: bool = True):
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient()
         self.sweep_id = sweep_id
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            raise LookupError(f"MLflow has no experiment named {experiment!r}")
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         self.tracking_uri = mlflow.get_tracking_uri()
 
@@ -63,7 +66,8 @@ class SweepTracker:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{self.sweep_id}",
-                                     tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "sweep"})
+                                     tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "sweep",
+                                           TAG_DATA: spec_dict.get("data_name", "")})
         self.log_dict(run.info.run_id, spec_dict, "config/sweep.yaml")
         return run.info.run_id
 
@@ -84,6 +88,11 @@ class SweepTracker:
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self.log_dict(run_id, cfg.to_dict(), "config/run.json")
         return ChildRun(run_id, "RUNNING")
+
+    def find_parent(self):
+        """The sweep's parent run, or None."""
+        found = self._search(f"tags.`{TAG_ROLE}` = 'sweep'")
+        return found[0] if found else None
 
     def children(self) -> list:
         return self._search(f"tags.`{TAG_ROLE}` = 'train'")

@@ -113,6 +113,17 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
     assert "| plain | 8 | 0.08M | 1 |" in sweep.stdout and "residual vs plain at depth 8" in sweep.stdout
 
 
+def test_report_is_rebuilt_from_mlflow_alone(sweep, stack, tmp_path):
+    out = run([sys.executable, "pipelines/report.py", "--sweep-id", "it-1", "--experiment",
+               EXPERIMENT, "--out", str(tmp_path), "--no-log"], clean_env(stack[0]), 120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| residual | 8 | 0.08M | 1 |" in out.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"comparison.md", "training_curves.png", "summary.json"}
+    missing = run([sys.executable, "pipelines/report.py", "--sweep-id", "nope", "--experiment",
+                   EXPERIMENT], clean_env(stack[0]), 120)
+    assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr
+
+
 def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client):
     again = run([sys.executable, "pipelines/compare_depths.py", *REDUCED, "--sweep-id", "it-1"],
                 clean_env(stack[0]), 300)
