@@ -228,15 +228,11 @@ def stop_group(pid: int | None) -> None:
 # ---------------------------------------------------------------------------- the services
 
 def service_env(state: dict) -> dict:
-    ports = state["ports"]
-    return {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
-        **LOCAL_CREDENTIALS,
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
-        "RAY_ADDRESS": f"127.0.0.1:{ports['ray_gcs']}",
-        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['ray_dashboard']}",
-        "RAY_AUTH_MODE": "token",
-    }
+    """The standard variables that point every client at this stack."""
+    u = urls(state)
+    return {"AWS_ENDPOINT_URL": u["s3"], **LOCAL_CREDENTIALS, "MLFLOW_TRACKING_URI": u["mlflow"],
+            "RAY_ADDRESS": u["ray_gcs"], "RAY_API_SERVER_ADDRESS": u["ray_dashboard"],
+            "RAY_AUTH_MODE": "token"}
 
 
 def urls(state: dict) -> dict:

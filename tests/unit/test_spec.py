@@ -64,3 +64,12 @@ def test_paper_configs_carry_the_papers_recipes():
     assert {r.depth for r in table2} == {18, 34} and table2[0].eval_crops == 10
     cifar = load_spec(REPO / "configs" / "cifar10_paper.yaml").runs()
     assert cifar[0].max_steps == 64000 and cifar[0].warmup_steps == 400
+
+
+def test_dry_run_estimate_matches_a_known_training_cost():
+    from orchestrator.sweep import estimate_hours, plan_rows
+
+    spec = load_spec(REPO / "configs" / "imagenet_deep.yaml", ["grid.arch=[residual]", "grid.depth=[50]"])
+    (row,) = plan_rows(spec)
+    # ResNet-50, 90 epochs of 1.28M images at NVIDIA's A100 rate (2,470 images/s): about 13 h.
+    assert estimate_hours(row, 1_281_167, 60.0) == pytest.approx(1_281_167 * 90 / 2470 / 3600, rel=0.15)
