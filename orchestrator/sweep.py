@@ -54,6 +54,29 @@ def train_samples(spec: SweepSpec) -> int | None:
         return None
 
 
+def dataset_record(spec: SweepSpec) -> dict:
+    """Name and digest of the training data (its manifest's hash), for the runs' MLflow input."""
+    import hashlib
+
+    url = spec.runs()[0].data_url
+    manifest = storage.read_bytes(storage.join(url, "train", "manifest.json"))
+    return {"name": spec.data_name or url.rstrip("/").rsplit("/", 1)[-1],
+            "digest": hashlib.sha256(manifest).hexdigest()[:16]}
+
+
+def capacity_problem(cluster, resources: dict) -> str | None:
+    """Why one run of the sweep cannot be placed on the cluster as it is now, or None."""
+    need = {"CPU": cluster.workers_per_run * cluster.cpus_per_worker}
+    if cluster.use_gpu:
+        need["GPU"] = cluster.workers_per_run * cluster.gpus_per_worker
+    short = {k: (v, resources.get(k, 0)) for k, v in need.items() if resources.get(k, 0) < v}
+    if not short:
+        return None
+    what = ", ".join(f"{need:g} {k} (the cluster has {have:g})" for k, (need, have) in short.items())
+    return (f"one run needs {what}: runs will wait until an autoscaler adds nodes; without one "
+            f"they never start (lower cluster.workers_per_run or the per-worker resources)")
+
+
 def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict],
                tflops: float = DEFAULT_TFLOPS) -> None:
     print(f"sweep {sweep_id}: experiment {spec.experiment!r}, {len(spec.runs())} runs, "
@@ -134,37 +157,17 @@ class Progress:
                   f"{len(self.running)} running, {queued} queued | {event}", flush=True)
 
 
-def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
-              plan: list[dict] | None = None) -> int:
-    """Train every run of the spec that has not finished yet, then build the report.
-
-    ``plan``: the rows of ``plan_rows(spec)`` when the caller has them already.
-
-    Returns 0 when every run finished, 1 otherwise.
-    """
+def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: Progress,
+                fail_fast: bool) -> list[str]:
+    """Launch the runs, at most ``max_concurrent_runs`` at once; return the failures."""
     from orchestrator import launcher
-    from orchestrator.tracking import SweepTracker
 
-    tracker = SweepTracker(spec.experiment, sweep_id)
-    parent_id = tracker.parent(spec.to_dict())
-    sizes = {row["run"]: row for row in (plan or plan_rows(spec))}
-    todo, skipped = [], 0
-    for cfg in spec.runs():
-        size = sizes[cfg.run_name]
-        child = tracker.child(parent_id, cfg, {"model_params": size["params"],
-                                               "model_macs": size["macs"]})
-        if child.finished:
-            skipped += 1
-            print(f"  {cfg.run_name}: finished in an earlier submission, skipped")
-            continue
-        tracker.mark_running(child.run_id)
-        todo.append(cfg.replace(mlflow_run_id=child.run_id))
-
-    progress = Progress(len(todo) + skipped, skipped, tracker)
-    print(f"MLflow: {tracker.ui_url(parent_id)}", flush=True)
     failures: list[str] = []
     if todo:
         launcher.connect()
+        problem = capacity_problem(spec.cluster, launcher.cluster_capacity())
+        if problem:
+            print(f"warning: {problem}", flush=True)
         with ThreadPoolExecutor(max_workers=spec.cluster.max_concurrent_runs) as pool:
             pending = {}
             queue = list(todo)
@@ -196,15 +199,54 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
                         progress.line(f"{cfg.run_name} FAILED: {outcome.error.splitlines()[0][:200]}")
                         if fail_fast:
                             queue.clear()
-                if queue:
+                while queue and len(pending) < spec.cluster.max_concurrent_runs:
                     launch()
 
-    progress.stop()
+    return failures
+
+
+def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
+              plan: list[dict] | None = None) -> int:
+    """Train every run of the spec that has not finished yet, then build the report.
+
+    ``plan``: the rows of ``plan_rows(spec)`` when the caller has them already.
+
+    Returns 0 when every run finished, 1 otherwise.
+    """
+    from orchestrator.tracking import SweepTracker
+
+    tracker = SweepTracker(spec.experiment, sweep_id)
+    parent_id = tracker.parent(spec.to_dict())
+    sizes = {row["run"]: row for row in (plan or plan_rows(spec))}
+    dataset = dataset_record(spec)
+    todo, skipped = [], 0
+    print(f"MLflow: {tracker.ui_url(parent_id)}", flush=True)
+    for cfg in spec.runs():
+        size = sizes[cfg.run_name]
+        child = tracker.child(parent_id, cfg, {"model_params": size["params"],
+                                               "model_macs": size["macs"]}, dataset)
+        if child.finished:
+            skipped += 1
+            print(f"  {cfg.run_name}: finished in an earlier submission, skipped")
+            continue
+        tracker.mark_running(child.run_id)
+        todo.append(cfg.replace(mlflow_run_id=child.run_id))
+
+    progress = Progress(len(todo) + skipped, skipped, tracker)
+    try:
+        failures = _train_runs(spec, sweep_id, todo, tracker, progress, fail_fast)
+    except BaseException as exc:
+        # The driver dies (Ctrl-C, cluster gone): the sweep's record must not stay "running".
+        tracker.set_status(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        progress.stop()
     title = f"{spec.experiment}: sweep {sweep_id}"
     summary, _ = publish(tracker, parent_id, spec.data_name, title)
     print()
     print(render_markdown(summary, title))
     print(f"report: {tracker.ui_url(parent_id)} (artifacts: report/)")
+    print(f"compare the runs: {tracker.compare_url([r.info.run_id for r in tracker.children()])}")
     tracker.set_status(parent_id, "FAILED" if failures else "FINISHED")
     if failures:
         print(f"{len(failures)} run(s) failed:")

@@ -71,7 +71,8 @@ class SweepTracker:
         self.log_dict(run.info.run_id, spec_dict, "config/sweep.yaml")
         return run.info.run_id
 
-    def child(self, parent_id: str, cfg: TrainConfig, extra_params: dict | None = None) -> ChildRun:
+    def child(self, parent_id: str, cfg: TrainConfig, extra_params: dict | None = None,
+              dataset: dict | None = None) -> ChildRun:
         """The MLflow run of ``cfg`` in this sweep, created (with its params) if there is none."""
         found = self._search(f"tags.`{TAG_ROLE}` = 'train'", f"tags.`{TAG_RUN_KEY}` = '{cfg.run_name}'")
         if found:
@@ -87,6 +88,13 @@ class SweepTracker:
         params = {**run_params(cfg), **{k: str(v) for k, v in (extra_params or {}).items()}}
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self.log_dict(run_id, cfg.to_dict(), "config/run.json")
+        if dataset:
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            self.client.log_inputs(run_id, datasets=[DatasetInput(
+                Dataset(name=dataset["name"], digest=dataset["digest"], source_type="webdataset",
+                        source=json.dumps({"uri": cfg.data_url})),
+                tags=[InputTag("mlflow.data.context", "training")])])
         return ChildRun(run_id, "RUNNING")
 
     def find_parent(self):
@@ -120,6 +128,13 @@ class SweepTracker:
     def log_files(self, run_id: str, files: list[Path], artifact_dir: str) -> None:
         for f in files:
             self.client.log_artifact(run_id, str(f), artifact_dir)
+
+    def compare_url(self, run_ids: list[str]) -> str:
+        """The MLflow UI's side-by-side view of the given runs."""
+        from urllib.parse import quote
+
+        return (f"{self.tracking_uri.rstrip('/')}/#/compare-runs?runs={quote(json.dumps(run_ids))}"
+                f"&experiments={quote(json.dumps([self.experiment_id]))}")
 
     def ui_url(self, run_id: str | None = None) -> str:
         base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"

@@ -55,6 +55,8 @@ class TrainConfig:
     ddp_bucket_cap_mb: int = 25
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch (0: at epoch ends only)
+    log_model: bool = False  # log the final model to MLflow (with its signature)
+    system_metrics: bool = True  # CPU, GPU and memory of rank 0's node, in MLflow
     # Tracking (filled by the orchestrator; empty in a plain single process).
     mlflow_run_id: str = ""
     run_name: str = ""

@@ -25,6 +25,9 @@ class NullTracker:
     def log_metrics(self, metrics: dict, step: int) -> None:
         pass
 
+    def log_model(self, model, example) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

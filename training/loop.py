@@ -245,6 +245,9 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
                    f"step {progress.step} train err {final.get('train/error_top1', float('nan')):.1f}% "
                    f"val err {val['error_top1']:.1f}% ({val['count']} images)")
         _report(ctx, dict(final), model, optimizer, cfg, progress)
+    if cfg.log_model and ctx.is_main:
+        example = normalize(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=ctx.device))
+        ctx.tracker.log_model(model, example)
     return final
 
 

@@ -42,7 +42,7 @@ def train_func(config: dict) -> None:
     if rank == 0 and cfg.mlflow_run_id:
         from training.tracking import MlflowSink
 
-        tracker = MlflowSink(cfg.mlflow_run_id)
+        tracker = MlflowSink(cfg.mlflow_run_id, system_metrics=cfg.system_metrics)
     ctx = WorkerContext(rank=rank, world_size=ray_ctx.get_world_size(),
                         device=ray.train.torch.get_device(), report=report,
                         restore_dir=restore_dir, tracker=tracker)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import tempfile
+from pathlib import Path
 import threading
 import time
 
@@ -19,7 +21,8 @@ MAX_BATCH = 1000
 
 
 class MlflowSink:
-    def __init__(self, run_id: str, *, flush_every_s: float = 2.0, close_timeout_s: float = 60.0):
+    def __init__(self, run_id: str, *, flush_every_s: float = 2.0, close_timeout_s: float = 60.0,
+                 system_metrics: bool = False):
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id = MlflowClient(), run_id
@@ -31,6 +34,40 @@ class MlflowSink:
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="mlflow-sink", daemon=True)
         self._thread.start()
+        self._monitor = None
+        if system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._monitor = SystemMetricsMonitor(run_id, sampling_interval=10,
+                                                     resume_logging=True)
+                self._monitor.start()
+            except Exception as exc:  # missing psutil/NVML: training goes on without them
+                log.warning("no system metrics: %s", exc)
+
+    def log_model(self, model, example) -> None:
+        """The trained model and its signature (inputs: normalised NCHW float images)."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            output = model(example)
+        model.train(was_training)
+        signature = infer_signature(example.float().cpu().numpy(), output.float().cpu().numpy())
+        # Saved as an MLflow model folder and logged as the run's artifacts ("runs:/<id>/model"),
+        # the path the tracking server proxies for every artifact. MLflow's default format,
+        # pt2 (torch.export), stores a traced graph: loading it runs no pickled code.
+        try:
+            with tempfile.TemporaryDirectory(prefix="depthlab-model-") as tmp:
+                path = Path(tmp) / "model"
+                mlflow.pytorch.save_model(model.cpu().eval(), str(path), signature=signature,
+                                          input_example=example.float().cpu().numpy())
+                self.client.log_artifacts(self.run_id, str(path), "model")
+        except Exception as exc:
+            log.error("could not log the model to MLflow run %s: %s", self.run_id, exc)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -69,6 +106,8 @@ class MlflowSink:
         """Deliver what is buffered; return the number of points that could not be sent."""
         self._stop.set()
         self._thread.join()
+        if self._monitor is not None:
+            self._monitor.finish()
         deadline = time.monotonic() + self.close_timeout_s
         while not self._send() and time.monotonic() < deadline:
             time.sleep(1.0)

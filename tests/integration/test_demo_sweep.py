@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -113,6 +115,25 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
     assert "| plain | 8 | 0.08M | 1 |" in sweep.stdout and "residual vs plain at depth 8" in sweep.stdout
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium package is not installed")
+def test_mlflow_ui_shows_the_runs_and_their_metrics(sweep, stack, mlflow_client, tmp_path):
+    children = runs_of(mlflow_client, "it-1", "train")
+    exp = mlflow_client.get_experiment_by_name(EXPERIMENT).experiment_id
+    ids = quote(json.dumps([c.info.run_id for c in children]))
+    url = f"{stack[1]['urls']['mlflow']}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([exp]))}"
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+         "--window-size=1500,1100", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120).stdout
+    for name in ("plain-8-s0", "residual-8-s0", "preact-8-s0", "val/error_top1", "train/loss"):
+        assert name in dom, name
+
+
 def test_report_is_rebuilt_from_mlflow_alone(sweep, stack, tmp_path):
     out = run([sys.executable, "pipelines/report.py", "--sweep-id", "it-1", "--experiment",
                EXPERIMENT, "--out", str(tmp_path), "--no-log"], clean_env(stack[0]), 120)
@@ -134,11 +155,20 @@ def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client)
 
 def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client):
     job = run([*STACK, "submit", "--", "python", "pipelines/compare_depths.py", *REDUCED,
-               "--set", "grid.arch=[residual]", "--set", "train.epochs=1", "--sweep-id", "it-job"],
+               "--set", "grid.arch=[residual]", "--set", "train.epochs=1",
+               "--set", "train.log_model=true", "--sweep-id", "it-job"],
               clean_env(stack[0]), 600)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
     (child,) = runs_of(mlflow_client, "it-job", "train")
     assert child.info.status == "FINISHED" and "val/error_top1" in child.data.metrics
+    # The final model with its signature, the dataset as the run's input, system metrics.
+    import mlflow
+
+    mlflow.set_tracking_uri(stack[1]["env"]["MLFLOW_TRACKING_URI"])
+    info = mlflow.models.get_model_info(f"runs:/{child.info.run_id}/model")
+    assert info.signature is not None and info.flavors.get("pytorch")
+    assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["synthetic-shapes"]
+    assert any(k.startswith("system/") for k in child.data.metrics)
 
 
 def test_a_restarted_s3_server_gets_its_bucket_and_data_back(stack, sweep):

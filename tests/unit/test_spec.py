@@ -73,3 +73,12 @@ def test_dry_run_estimate_matches_a_known_training_cost():
     (row,) = plan_rows(spec)
     # ResNet-50, 90 epochs of 1.28M images at NVIDIA's A100 rate (2,470 images/s): about 13 h.
     assert estimate_hours(row, 1_281_167, 60.0) == pytest.approx(1_281_167 * 90 / 2470 / 3600, rel=0.15)
+
+
+def test_capacity_problem_names_what_is_missing():
+    from orchestrator.spec import ClusterSpec
+    from orchestrator.sweep import capacity_problem
+
+    assert capacity_problem(ClusterSpec(workers_per_run=2), {"CPU": 2.0}) is None
+    msg = capacity_problem(ClusterSpec(workers_per_run=8, use_gpu=True), {"CPU": 16.0, "GPU": 4.0})
+    assert "8 GPU (the cluster has 4)" in msg and "autoscaler" in msg
