@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -169,6 +171,37 @@ def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client):
     assert info.signature is not None and info.flavors.get("pytorch")
     assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["synthetic-shapes"]
     assert any(k.startswith("system/") for k in child.data.metrics)
+
+
+def test_a_killed_driver_resumes_its_unfinished_run(sweep, stack, mlflow_client):
+    """Kill the driver after the first epoch; the same sweep id finishes the run from its
+    checkpoint, in the same MLflow run, with the step counter continuing."""
+    state = stack[0]
+    args = [sys.executable, "pipelines/compare_depths.py", "--set", f"experiment={EXPERIMENT}",
+            "--set", "grid.arch=[residual]", "--set", "grid.depth=[8]", "--set", "train.epochs=3",
+            "--sweep-id", "it-kill"]
+    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 420
+        while True:
+            runs = runs_of(mlflow_client, "it-kill", "train")
+            if runs and runs[0].data.metrics.get("epoch", 0) >= 1:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(1)
+        time.sleep(3)  # the epoch's checkpoint follows its metrics
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    again = run(args, clean_env(state), 600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resumed at step" in again.stdout + again.stderr
+    (child,) = runs_of(mlflow_client, "it-kill", "train")  # the same run, not a second one
+    assert child.info.status == "FINISHED"
+    val_steps = [m.step for m in mlflow_client.get_metric_history(child.info.run_id, "val/error_top1")]
+    assert set(val_steps) == {31, 62, 93} and val_steps[-1] == 93
 
 
 def test_a_restarted_s3_server_gets_its_bucket_and_data_back(stack, sweep):
