@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -66,14 +65,12 @@ class LocalCheckpoints:
     def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir:
-            target = self.folder / "latest"
-            tmp = Path(tempfile.mkdtemp(dir=self.folder.parent if self.folder.exists() else None))
-            shutil.copytree(checkpoint_dir, tmp / "ckpt")
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
-            (tmp / "ckpt").rename(target)
-            shutil.rmtree(tmp, ignore_errors=True)
+            # Copy beside, then swap: "latest" is never half written.
+            partial, target = self.folder / "latest.partial", self.folder / "latest"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, partial)
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
 
     def latest(self) -> str | None:
         target = self.folder / "latest"
