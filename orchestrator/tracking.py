@@ -21,7 +21,7 @@ TAG_DATA = "depthlab.data_name"
 METRICS = ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
            "throughput/images_per_sec")
 # Params the comparison relies on; the rest of the config is logged too.
-_SKIP_PARAMS = {"mlflow_run_id", "extra"}
+_SKIP_PARAMS = {"mlflow_run_id"}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ as the first line of every worker, logged as MLflow params and stored in every c
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from training.models import resolve_spec
 from training.transforms import AUGMENTS
@@ -60,7 +60,6 @@ class TrainConfig:
     # Tracking (filled by the orchestrator; empty in a plain single process).
     mlflow_run_id: str = ""
     run_name: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # Lists from YAML become tuples so the config stays hashable and immutable.

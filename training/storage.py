@@ -42,8 +42,8 @@ def s3_client():
     """A boto3 S3 client for this process and thread, with retries and backoff."""
     client = getattr(_local, "client", None)
     # Keyed by process (DataLoader workers fork) and endpoint (tests point it at a proxy).
-    pid = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
-    if client is None or getattr(_local, "pid", None) != pid:
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
+    if client is None or getattr(_local, "key", None) != key:
         import boto3
         from botocore.config import Config
 
@@ -55,7 +55,7 @@ def s3_client():
         client = boto3.session.Session().client(
             "s3", config=cfg, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         )
-        _local.client, _local.pid = client, pid
+        _local.client, _local.key = client, key
     return client
 
 

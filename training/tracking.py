@@ -8,6 +8,7 @@ and are retried; ``close`` waits a bounded time and reports what could not be de
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import tempfile
@@ -63,7 +64,8 @@ class MlflowSink:
         try:
             with tempfile.TemporaryDirectory(prefix="depthlab-model-") as tmp:
                 path = Path(tmp) / "model"
-                mlflow.pytorch.save_model(model.cpu().eval(), str(path), signature=signature,
+                cpu_copy = copy.deepcopy(model).cpu().eval()  # the caller's model stays put
+                mlflow.pytorch.save_model(cpu_copy, str(path), signature=signature,
                                           input_example=example.float().cpu().numpy())
                 self.client.log_artifacts(self.run_id, str(path), "model")
         except Exception as exc:

@@ -33,6 +33,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from orchestrator import endpoints  # noqa: E402
+
 BUCKET = "depthlab"
 DEMO_PREFIX = "demo-data"
 # moto accepts any credentials; these are not secrets.
@@ -53,20 +55,18 @@ def bin_path(name: str) -> str:
 
 
 def state_dir_from(arg: str | None) -> Path:
-    return Path(arg or os.environ.get("DEPTHLAB_STATE_DIR") or REPO_ROOT / ".depthlab").resolve()
+    return (Path(arg) if arg else endpoints.state_dir()).resolve()
 
 
 def load_state(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "stack.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    # The same reader the clients use to find the stack (orchestrator.endpoints).
+    return endpoints.read_stack_state(folder) or {}
 
 
 def save_state(folder: Path, state: dict) -> None:
-    tmp = folder / "stack.json.tmp"
+    tmp = folder / (endpoints.STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(folder / "stack.json")
+    tmp.replace(folder / endpoints.STATE_FILE)
 
 
 # ---------------------------------------------------------------------------- ports and health
