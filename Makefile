@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.depthlab-installed
 STACK := $(PY) infra/local/stack.py
 
-.PHONY: setup demo test test-unit up down status clean-state
+.PHONY: setup demo test test-unit up up-autoscale down status clean-state
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 up: setup
 	$(STACK) up
+
+# The same stack with Ray's fake_multinode autoscaler: see configs/autoscale_demo.yaml.
+up-autoscale: setup
+	$(STACK) up --autoscale
 
 down:
 	$(STACK) down

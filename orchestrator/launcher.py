@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
+
+from orchestrator.capacity import ceiling_from_autoscaler_config
 from orchestrator.endpoints import REPO_ROOT, worker_env
 from orchestrator.spec import ClusterSpec
 from training import storage
@@ -42,6 +46,31 @@ def cluster_capacity() -> dict:
     return ray.cluster_resources()
 
 
+def cluster_ceiling() -> dict | None:
+    """The most resources the cluster can ever hold, or None where that is unknown.
+
+    Ray's autoscaler v2 (KubeRay) publishes its node types in the GCS, the figure Ray Train
+    checks before placing workers. The v1 autoscaler of the cluster launcher does not; its
+    config is read instead, from ``DEPTHLAB_AUTOSCALER_CONFIG`` (the local stack sets it) or
+    where the launcher puts it on the head, ``~/ray_bootstrap_config.yaml``.
+    """
+    try:
+        from ray._private.state import state
+
+        published = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: a Ray without it just means "not published"
+        published = None
+    if published:
+        return {k: float(v) for k, v in published.items()}
+    path = Path(os.environ.get("DEPTHLAB_AUTOSCALER_CONFIG")
+                or Path.home() / "ray_bootstrap_config.yaml")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return ceiling_from_autoscaler_config(config) if isinstance(config, dict) else None
+
+
 def storage_location(path: str):
     """``(storage_path, filesystem)`` for Ray Train. pyarrow ignores ``AWS_ENDPOINT_URL``, so an
     S3 filesystem with the endpoint set explicitly is built here."""
@@ -77,7 +106,7 @@ def run_training(cfg: TrainConfig, cluster: ClusterSpec, sweep_id: str) -> RunOu
 
     from training.ray_worker import train_func
 
-    resources = {"CPU": cluster.cpus_per_worker}
+    resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:
         resources["GPU"] = cluster.gpus_per_worker
     path, filesystem = storage_location(cluster.storage_path)

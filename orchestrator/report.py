@@ -84,7 +84,8 @@ def summarize(records: list[RunRecord], data_name: str = "") -> dict:
             "paper_val_error_top1": PAPER_TOP1.get((data_name, arch, depth)),
             "paper_val_error_top5": PAPER_TOP5.get((data_name, arch, depth)),
         })
-    return {"data": data_name, "rows": rows, "verdicts": verdicts(rows)}
+    return {"data": data_name, "rows": rows, "verdicts": verdicts(rows),
+            "comparisons": seed_comparisons(records)}
 
 
 def _row(rows, arch, depth):
@@ -132,6 +133,125 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------- comparisons across seeds
+
+# Non-inferiority margin, in points of error: "no higher" means the 95% interval of the paired
+# difference stays below it. One point is small beside the effects the papers show (several
+# points) and above the noise of a well-measured run.
+NO_WORSE_MARGIN = 1.0
+# (label, deeper-or-other run, reference run, what the papers claim)
+CLAIMS = (
+    ("degradation", "plain", "deep", "plain", "shallow", "higher"),
+    ("residual learning", "residual", "deep", "residual", "shallow", "no higher"),
+    ("pre-activation", "preact", "deep", "residual", "deep", "no higher"),
+)
+
+
+def run_mean(record: RunRecord, key: str) -> float | None:
+    """Mean of a metric over the whole run (its logged points): the run's curve in one number,
+    so that "higher over the run" is not decided by the last few points alone."""
+    points = record.history.get(key) or []
+    return statistics.fmean(v for _, v in points) if points else None
+
+
+def paired_difference(records: list[RunRecord], a: tuple[str, int], b: tuple[str, int],
+                      measure) -> list[float]:
+    """``measure(run of a) - measure(run of b)`` for each seed both finished: paired by seed,
+    so the data order and the draw of the seed cancel out of the comparison."""
+    by = {(r.arch, r.depth, r.seed): r for r in records if r.status == "FINISHED"}
+    seeds = sorted({s for (arch, depth, s) in by if (arch, depth) == a}
+                   & {s for (arch, depth, s) in by if (arch, depth) == b})
+    out = []
+    for seed in seeds:
+        x, y = measure(by[(*a, seed)]), measure(by[(*b, seed)])
+        if x is not None and y is not None:
+            out.append(x - y)
+    return out
+
+
+def interval(diffs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean difference; None below two seeds."""
+    if len(diffs) < 2:
+        return None
+    from scipy.stats import t
+
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = t.ppf(0.5 + level / 2, len(diffs) - 1) * sd / len(diffs) ** 0.5
+    return mean - half, mean + half
+
+
+def seeds_needed(diffs: list[float], bound: float, level: float = 0.95) -> int | None:
+    """Seeds for the interval's half-width to fit in ``bound`` (the distance from the mean
+    difference to the decision threshold) at the spread these seeds show; None if never."""
+    if len(diffs) < 2 or bound <= 0:
+        return None
+    from scipy.stats import t
+
+    sd = statistics.stdev(diffs)
+    for n in range(2, 101):
+        if t.ppf(0.5 + level / 2, n - 1) * sd / n ** 0.5 < bound:
+            return n
+    return None
+
+
+def decide(diffs: list[float], claim: str, margin: float = NO_WORSE_MARGIN) -> str:
+    """``"holds"``, ``"fails"`` or ``"open"`` for a claim about ``a - b``: "higher" holds when
+    the whole interval is above 0; "no higher" when it is below ``margin`` and fails when the
+    whole interval is above it."""
+    ci = interval(diffs)
+    if ci is None:
+        return "open"
+    lo, hi = ci
+    if claim == "higher":
+        return "holds" if lo > 0 else "fails" if hi < 0 else "open"
+    return "holds" if hi < margin else "fails" if lo > margin else "open"
+
+
+def seed_comparisons(records: list[RunRecord]) -> list[dict]:
+    """The papers' three claims, tested on the recorded training error, paired by seed: at the
+    end of the run and over the whole run, each with its interval and the seeds it needs."""
+    depths = sorted({r.depth for r in records})
+    if len(depths) < 2:
+        return []
+    pick = {"deep": depths[-1], "shallow": depths[0]}
+    out = []
+    for label, arch_a, which_a, arch_b, which_b, claim in CLAIMS:
+        a, b = (arch_a, pick[which_a]), (arch_b, pick[which_b])
+        for when, measure in (("end", lambda r: r.tail_mean("train/error_top1")),
+                              ("run", lambda r: run_mean(r, "train/error_top1"))):
+            diffs = paired_difference(records, a, b, measure)
+            if not diffs:
+                continue
+            mean = statistics.fmean(diffs)
+            threshold = 0.0 if claim == "higher" else NO_WORSE_MARGIN
+            ci = interval(diffs)
+            out.append({
+                "claim": label, "a": f"{a[0]}-{a[1]}", "b": f"{b[0]}-{b[1]}",
+                "expected": claim, "over": when, "seeds": len(diffs), "diffs": diffs,
+                "mean": mean, "ci95": list(ci) if ci else None,
+                "verdict": decide(diffs, claim),
+                "seeds_needed": seeds_needed(diffs, abs(threshold - mean)),
+            })
+    return out
+
+
+def render_comparisons(comparisons: list[dict]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["", "## The papers' claims, seed by seed", "",
+             f"Training top-1 error of a minus b, paired by seed (points); 95% t interval. "
+             f"\"no higher\" holds when the interval stays below +{NO_WORSE_MARGIN:g} point.", "",
+             "| claim | a | b | a should be | over | seeds | a - b | 95% interval | verdict | seeds needed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        ci = "-" if c["ci95"] is None else f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+        over = {"end": "end of run", "run": "whole run"}[c["over"]]
+        need = "-" if c["seeds_needed"] is None else str(c["seeds_needed"])
+        lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {c['expected']} | {over} | "
+                     f"{c['seeds']} | {c['mean']:+.2f} | {ci} | {c['verdict']} | {need} |")
+    return lines
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -151,6 +271,7 @@ def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
                      f"{_fmt(r['paper_val_error_top1'])} | {_fmt(r['paper_val_error_top5'])} |")
     lines += ["", "## Verdicts", ""]
     lines += [f"- {v}" for v in summary["verdicts"]] or ["- not enough finished runs to compare"]
+    lines += render_comparisons(summary.get("comparisons", []))
     return "\n".join(lines) + "\n"
 
 

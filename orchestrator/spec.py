@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from training.config import TrainConfig
+from training.config import TrainConfig, check_types
 from training.recipes import recipe_values
 
 TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster")
@@ -40,16 +40,34 @@ class ClusterSpec:
     max_concurrent_runs: int = 1
     max_failures: int = 1  # Ray Train restarts of a run from its last checkpoint
     storage_path: str = "s3://depthlab/ray-results"
+    # Custom Ray resources each worker also takes: an accelerator type to pin a node kind
+    # ({"accelerator_type:H100": 0.001}) or the local autoscaling demo's {"gpu_slot": 1}.
+    resources_per_worker: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        try:
+            check_types(self, "cluster.")
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
         for name in ("workers_per_run", "max_concurrent_runs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"cluster.{name} must be a positive integer, got {value!r}")
+        if self.use_gpu and not self.gpus_per_worker > 0:
+            raise SpecError("cluster.gpus_per_worker must be > 0 when cluster.use_gpu is true")
         if self.cpus_per_worker <= 0 or self.max_failures < 0:
             raise SpecError("cluster.cpus_per_worker must be > 0 and cluster.max_failures >= 0")
         if not self.storage_path:
             raise SpecError("cluster.storage_path is empty: give s3://bucket/prefix or a folder")
+        extra = self.resources_per_worker
+        if not isinstance(extra, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v > 0 for k, v in extra.items()):
+            raise SpecError("cluster.resources_per_worker must map resource names to positive "
+                            f"numbers, got {extra!r}")
+        if {"CPU", "GPU"} & set(extra):
+            raise SpecError("cluster.resources_per_worker: set CPUs and GPUs with "
+                            "cluster.cpus_per_worker and cluster.gpus_per_worker")
 
 
 @dataclass(frozen=True)

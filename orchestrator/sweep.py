@@ -8,6 +8,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 
+from orchestrator import capacity
 from orchestrator.report import publish, render_markdown
 from orchestrator.spec import SweepSpec
 from training import storage
@@ -64,19 +65,6 @@ def dataset_record(spec: SweepSpec) -> dict:
             "digest": hashlib.sha256(manifest).hexdigest()[:16]}
 
 
-def capacity_problem(cluster, resources: dict) -> str | None:
-    """Why one run of the sweep cannot be placed on the cluster as it is now, or None."""
-    need = {"CPU": cluster.workers_per_run * cluster.cpus_per_worker}
-    if cluster.use_gpu:
-        need["GPU"] = cluster.workers_per_run * cluster.gpus_per_worker
-    short = {k: (v, resources.get(k, 0)) for k, v in need.items() if resources.get(k, 0) < v}
-    if not short:
-        return None
-    what = ", ".join(f"{need:g} {k} (the cluster has {have:g})" for k, (need, have) in short.items())
-    return (f"one run needs {what}: runs will wait until an autoscaler adds nodes; without one "
-            f"they never start (lower cluster.workers_per_run or the per-worker resources)")
-
-
 def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict],
                tflops: float = DEFAULT_TFLOPS) -> None:
     print(f"sweep {sweep_id}: experiment {spec.experiment!r}, {len(spec.runs())} runs, "
@@ -106,17 +94,47 @@ def check_services(spec: SweepSpec) -> list[str]:
                 problems.append(f"no {split} manifest under {data_url}: build the shards first")
         except storage.StorageError as exc:
             problems.append(str(exc))
-    import urllib.request
-
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith("http"):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
-        except OSError as exc:
-            problems.append(f"MLflow tracking server {uri} does not answer: {exc}")
+        problem = mlflow_problem(uri.rstrip("/"), os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                                 os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        if problem:
+            problems.append(problem)
     elif not uri:
         problems.append("MLFLOW_TRACKING_URI is not set and no local stack is running (make up)")
     return problems
+
+
+def mlflow_problem(uri: str, user: str | None, password: str | None) -> str | None:
+    """Why the tracking server at ``uri`` cannot take this sweep's runs, or None: it must
+    answer, and accept the credentials (basic-auth mode) if it asks for them."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri + "/health", timeout=10).read()
+    except OSError as exc:
+        return f"MLflow tracking server {uri} does not answer: {exc}"
+    req = urllib.request.Request(uri + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(req, timeout=30).read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401 and not user:
+            return (f"MLflow tracking server {uri} asks for a login: set "
+                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        if exc.code == 401:
+            return (f"MLflow tracking server {uri} rejected the login of user {user!r} "
+                    "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+        if exc.code == 403:
+            return f"MLflow user {user!r} may not read experiments on {uri}"
+        return f"MLflow tracking server {uri} answered {exc.code} {exc.reason}"
+    except OSError as exc:
+        return f"MLflow tracking server {uri} does not answer: {exc}"
+    return None
 
 
 class Progress:
@@ -164,10 +182,6 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: Progres
 
     failures: list[str] = []
     if todo:
-        launcher.connect()
-        problem = capacity_problem(spec.cluster, launcher.cluster_capacity())
-        if problem:
-            print(f"warning: {problem}", flush=True)
         with ThreadPoolExecutor(max_workers=spec.cluster.max_concurrent_runs) as pool:
             pending = {}
             queue = list(todo)
@@ -205,6 +219,20 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: Progres
     return failures
 
 
+def check_cluster(spec: SweepSpec) -> None:
+    """Join the cluster; refuse a sweep whose runs it could never hold, warn when they must
+    wait for the autoscaler."""
+    from orchestrator import launcher
+
+    launcher.connect()
+    problem = capacity.capacity_problem(spec.cluster, launcher.cluster_capacity(),
+                                        launcher.cluster_ceiling())
+    if problem and problem[0] == "error":
+        raise launcher.ClusterError(problem[1])
+    if problem:
+        print(f"warning: {problem[1]}", flush=True)
+
+
 def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
               plan: list[dict] | None = None) -> int:
     """Train every run of the spec that has not finished yet, then build the report.
@@ -215,6 +243,7 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
     """
     from orchestrator.tracking import SweepTracker
 
+    check_cluster(spec)  # before any MLflow run exists: a refused sweep leaves no record
     tracker = SweepTracker(spec.experiment, sweep_id)
     parent_id = tracker.parent(spec.to_dict())
     sizes = {row["run"]: row for row in (plan or plan_rows(spec))}

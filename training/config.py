@@ -63,7 +63,12 @@ class TrainConfig:
 
     def __post_init__(self):
         # Lists from YAML become tuples so the config stays hashable and immutable.
-        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        try:
+            milestones = tuple(float(m) for m in self.lr_milestones)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr_milestones must be a list of fractions, got {self.lr_milestones!r}") from None
+        object.__setattr__(self, "lr_milestones", milestones)
+        check_types(self)
         validate(self)
 
     @property
@@ -97,6 +102,27 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def check_types(obj, where: str = "") -> None:
+    """Each field of the dataclass ``obj`` has the type it declares (YAML and ``--set`` give
+    strings for typos such as ``lr=1e-1x``): a clear message instead of a TypeError deep in the
+    arithmetic. ``where`` prefixes the field's name in the message."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if kind.endswith(" | None"):
+            if value is None:
+                continue
+            kind = kind[: -len(" | None")]
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "bool": isinstance(value, bool),
+              "str": isinstance(value, str)}.get(kind, True)
+        if not ok:
+            raise ValueError(f"{where}{f.name} must be {_KINDS[kind]}, got {value!r}")
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ from orchestrator import endpoints  # noqa: E402
 BUCKET = "depthlab"
 DEMO_PREFIX = "demo-data"
 # moto accepts any credentials; these are not secrets.
-LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "depthlab-local", "AWS_SECRET_ACCESS_KEY": "depthlab-local",
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "depthlab-local", "AWS_SECRET_ACCESS_KEY": "depthlab-local-secret",
                      "AWS_DEFAULT_REGION": "us-east-1"}
 # `make up` uses these so that `ray job submit` finds the dashboard at Ray's default address.
 DEFAULT_PORTS = {"s3": 9400, "mlflow": 5050, "ray_gcs": 6390, "ray_dashboard": 8265,
@@ -46,6 +47,7 @@ DEFAULT_PORTS = {"s3": 9400, "mlflow": 5050, "ray_gcs": 6390, "ray_dashboard": 8
                  "runtime_env_agent": 6394, "metrics": 6395, "node_manager": 6396,
                  "object_manager": 6397, "min_worker": 27000, "max_worker": 27199}
 WORKER_PORTS = 200
+MLFLOW_ADMIN = "depthlab"
 
 
 def bin_path(name: str) -> str:
@@ -65,6 +67,8 @@ def load_state(folder: Path) -> dict:
 
 def save_state(folder: Path, state: dict) -> None:
     tmp = folder / (endpoints.STATE_FILE + ".tmp")
+    tmp.touch(mode=0o600)  # it may hold the MLflow password of --mlflow-auth: this user's only
+    tmp.chmod(0o600)
     tmp.write_text(json.dumps(state, indent=1))
     tmp.replace(folder / endpoints.STATE_FILE)
 
@@ -228,11 +232,17 @@ def stop_group(pid: int | None) -> None:
 # ---------------------------------------------------------------------------- the services
 
 def service_env(state: dict) -> dict:
-    """The standard variables that point every client at this stack."""
+    """The standard variables that point every client at this stack. With --mlflow-auth they
+    include MLflow's credentials: the head node's environment hands them to job drivers and
+    workers (never a job's runtime_env, which the dashboard shows)."""
     u = urls(state)
-    return {"AWS_ENDPOINT_URL": u["s3"], **LOCAL_CREDENTIALS, "MLFLOW_TRACKING_URI": u["mlflow"],
-            "RAY_ADDRESS": u["ray_gcs"], "RAY_API_SERVER_ADDRESS": u["ray_dashboard"],
-            "RAY_AUTH_MODE": "token"}
+    env = {"AWS_ENDPOINT_URL": u["s3"], **LOCAL_CREDENTIALS, "MLFLOW_TRACKING_URI": u["mlflow"],
+           "RAY_ADDRESS": u["ray_gcs"], "RAY_API_SERVER_ADDRESS": u["ray_dashboard"],
+           "RAY_AUTH_MODE": "token"}
+    if state.get("mlflow_auth"):
+        env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_ADMIN,
+                   MLFLOW_TRACKING_PASSWORD=state["mlflow_password"])
+    return env
 
 
 def urls(state: dict) -> dict:
@@ -256,6 +266,23 @@ def mlflow_healthy(state: dict) -> bool:
 def ray_healthy(state: dict) -> bool:
     return bool(ray_processes(state.get("ray_temp_dir", "\0"), state["ports"]["ray_gcs"])) and http_ok(
         urls(state)["ray_dashboard"] + "/api/version")
+
+
+def ray_nodes(state: dict) -> list[dict]:
+    """The cluster's live nodes, from the dashboard's state API (token-authenticated)."""
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    req = urllib.request.Request(urls(state)["ray_dashboard"] + "/api/v0/nodes?limit=1000",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        nodes = json.load(resp)["data"]["result"]["result"]
+    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    heads = sum(1 for n in nodes if n.get("is_head_node"))
+    slots = sum(n.get("resources_total", {}).get("gpu_slot", 0) for n in nodes)
+    text = f"{len(nodes)} node{'s' * (len(nodes) != 1)} ({heads} head, {len(nodes) - heads} worker)"
+    return text + (f", {slots:g} gpu_slot" if slots else "")
 
 
 def start_s3(state: dict, folder: Path, env: dict) -> None:
@@ -292,11 +319,32 @@ def start_mlflow(state: dict, folder: Path, env: dict) -> None:
     cmd = [bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
            "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--workers", "1"]
+    if state.get("mlflow_auth"):
+        cmd += ["--app-name", "basic-auth"]
+        mlenv["MLFLOW_AUTH_CONFIG_PATH"] = str(write_mlflow_auth_config(state, folder))
+        # The auth app's CSRF protection signs with it; stable across restarts of the server.
+        mlenv["MLFLOW_FLASK_SERVER_SECRET_KEY"] = state["mlflow_secret_key"]
     proc = spawn(cmd, folder / "logs" / "mlflow.log", mlenv)
     state["pids"]["mlflow"] = proc.pid
     # On 2 cores the first start (database migrations) takes up to a minute.
     wait_for(lambda: http_ok(urls(state)["mlflow"] + "/health"), "MLflow server", 180, proc,
              folder / "logs" / "mlflow.log")
+
+
+def write_mlflow_auth_config(state: dict, folder: Path) -> Path:
+    """The basic-auth app's config: users in SQLite beside the run store, an admin whose
+    password was drawn at random when the stack was first started with --mlflow-auth."""
+    path = folder / "mlflow-auth.ini"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'mlflow-auth.db'}\n"
+        f"admin_username = {MLFLOW_ADMIN}\n"
+        f"admin_password = {state['mlflow_password']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return path
 
 
 def start_ray(state: dict, folder: Path, env: dict) -> None:
@@ -312,13 +360,21 @@ def start_ray(state: dict, folder: Path, env: dict) -> None:
            "--min-worker-port", str(p["min_worker"]), "--max-worker-port", str(p["max_worker"]),
            "--temp-dir", state["ray_temp_dir"], "--num-cpus", str(state["num_cpus"]),
            "--object-store-memory", str(512 * 1024 * 1024), "--disable-usage-stats"]
+    extra_env = {}
+    if state.get("autoscale"):
+        cmd += ["--autoscaling-config", str(write_autoscaler_config(state, folder))]
+        # The fake_multinode provider refuses to run without this; nodes it adds are raylets
+        # on this machine, children of the head's autoscaler (so `down` finds them too).
+        extra_env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "2",
+                     # Where job drivers find the node types (orchestrator.launcher).
+                     "DEPTHLAB_AUTOSCALER_CONFIG": str(folder / "autoscaler.yaml")}
     # The head's environment reaches every job driver and worker: endpoints and the local
     # (non-secret) credentials, so Ray Train can write checkpoints to the local S3 server.
     # Token authentication stays on: a token is made once (in Ray's default place,
     # ~/.ray/auth_token, where every client looks) and the head starts with RAY_AUTH_MODE=token.
     ensure_ray_token()
     # The venv's bin first on PATH: a job's `python` entrypoint is then the project's Python.
-    renv = dict(env, RAY_AUTH_MODE="token", PYTHONPATH=str(REPO_ROOT),
+    renv = dict(env, **extra_env, RAY_AUTH_MODE="token", PYTHONPATH=str(REPO_ROOT),
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     log = folder / "logs" / "ray-start.log"
     with open(log, "ab") as out:
@@ -330,6 +386,18 @@ def start_ray(state: dict, folder: Path, env: dict) -> None:
     wait_for(lambda: ray_healthy(state), "Ray dashboard", 90)
 
 
+def write_autoscaler_config(state: dict, folder: Path) -> Path:
+    """infra/local/fake_autoscaler.yaml with this stack's GCS address and head CPUs filled in."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "infra" / "local" / "fake_autoscaler.yaml").read_text())
+    config["provider"]["gcs_address"] = urls(state)["ray_gcs"]
+    config["available_node_types"]["ray.head.default"]["resources"] = {"CPU": state["num_cpus"]}
+    path = folder / "autoscaler.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def ensure_ray_token() -> None:
     token = Path.home() / ".ray" / "auth_token"
     if not token.exists():
@@ -339,9 +407,18 @@ def ensure_ray_token() -> None:
     token.chmod(0o600)  # Ray writes it world-readable; only this user needs it
 
 
-def up(folder: Path, ports: str, num_cpus: int | None) -> dict:
+def up(folder: Path, ports: str, num_cpus: int | None, autoscale: bool = False,
+       mlflow_auth: bool = False) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     state = load_state(folder)
+    if state.get("ports") and ray_healthy(state) and bool(state.get("autoscale")) != autoscale:
+        raise RuntimeError("the running Ray head was started " +
+                           ("with" if state.get("autoscale") else "without") +
+                           " the autoscaler: `make down` first, then start it the way you want")
+    if state.get("ports") and mlflow_healthy(state) and bool(state.get("mlflow_auth")) != mlflow_auth:
+        raise RuntimeError("the running MLflow server was started " +
+                           ("with" if state.get("mlflow_auth") else "without") +
+                           " basic authentication: `make down` first, then start it the way you want")
     if not state.get("ports"):
         state["ports"] = auto_ports() if ports == "auto" else dict(DEFAULT_PORTS)
         digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
@@ -349,6 +426,11 @@ def up(folder: Path, ports: str, num_cpus: int | None) -> dict:
         state["ray_temp_dir"] = f"/tmp/dlray-{digest}"
         state["num_cpus"] = num_cpus or os.cpu_count() or 2
         state["pids"] = {}
+    state["autoscale"] = autoscale
+    state["mlflow_auth"] = mlflow_auth
+    if mlflow_auth and not state.get("mlflow_password"):
+        state["mlflow_password"] = secrets.token_urlsafe(18)
+        state["mlflow_secret_key"] = secrets.token_urlsafe(32)
     env = dict(os.environ, **service_env(state))
     env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join another cluster
     save_state(folder, state)
@@ -369,6 +451,8 @@ def up(folder: Path, ports: str, num_cpus: int | None) -> dict:
         print(f"  starting Ray head (dashboard {urls(state)['ray_dashboard']})", flush=True)
         start_ray(state, folder, env)
     state["env"] = service_env(state)
+    if autoscale:  # drivers started outside `ray job submit` find the node types here
+        state["env"]["DEPTHLAB_AUTOSCALER_CONFIG"] = str(folder / "autoscaler.yaml")
     state["urls"] = urls(state)
     save_state(folder, state)
     return state
@@ -400,7 +484,15 @@ def status(folder: Path) -> bool:
     names = {"s3": "S3 server (moto)", "mlflow": "MLflow UI", "ray_dashboard": "Ray dashboard"}
     for key, ok in checks.items():
         print(f"  {names[key]:<18} {urls(state)[key]:<28} {'up' if ok else 'DOWN'}")
-    print(f"  {'Ray cluster':<18} {urls(state)['ray_gcs']:<28} {'up' if checks['ray_dashboard'] else 'DOWN'}")
+    cluster = "DOWN"
+    if checks["ray_dashboard"]:
+        try:
+            cluster = "up: " + describe_nodes(ray_nodes(state))
+        except (OSError, KeyError, ValueError) as exc:
+            cluster = f"up (nodes unknown: {exc})"
+        if state.get("autoscale"):
+            cluster += ", fake_multinode autoscaler"
+    print(f"  {'Ray cluster':<18} {urls(state)['ray_gcs']:<28} {cluster}")
     print(f"  {'demo data':<18} s3://{BUCKET}/{DEMO_PREFIX}")
     print(f"  {'state and logs':<18} {folder}")
     return all(checks.values())
@@ -424,6 +516,12 @@ def main(argv=None) -> int:
     p.add_argument("--ports", choices=("default", "auto"), default="default",
                    help="default: fixed ports (dashboard on 8265); auto: free ports (tests)")
     p.add_argument("--num-cpus", type=int, help="CPUs the Ray head advertises")
+    p.add_argument("--autoscale", action="store_true",
+                   help="start the Ray head with the fake_multinode autoscaler "
+                        "(infra/local/fake_autoscaler.yaml): GPU-like worker nodes come and go")
+    p.add_argument("--mlflow-auth", action="store_true",
+                   help="run MLflow with basic authentication (a random admin password; "
+                        "`stack.py env` prints the MLFLOW_TRACKING_* variables)")
     argv = list(sys.argv[1:] if argv is None else argv)
     # With submit, everything after "--" is the job's entrypoint, untouched by argparse.
     entrypoint = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -432,7 +530,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "up":
             print("local stack: starting")
-            up(folder, args.ports, args.num_cpus)
+            up(folder, args.ports, args.num_cpus, args.autoscale, args.mlflow_auth)
             status(folder)
             return 0
         if args.command == "down":

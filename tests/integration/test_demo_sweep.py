@@ -14,51 +14,22 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-STACK = [sys.executable, str(REPO / "infra" / "local" / "stack.py")]
-SERVICE_VARS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE")
+from localstack import REPO, STACK, clean_env, run, running_stack, stack_module
+
 EXPERIMENT = "it-demo"
 REDUCED = ["--set", f"experiment={EXPERIMENT}", "--set", "grid.depth=[8]", "--set", "train.epochs=2"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-def clean_env(state: Path) -> dict:
-    """The environment of a user who set no service variable, with the stack running."""
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
-    env["DEPTHLAB_STATE_DIR"] = str(state)
-    return env
-
-
-def run(cmd, env, timeout):
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    state = tmp_path_factory.mktemp("stack")
-    env = clean_env(state)
-    up = run([*STACK, "up", "--ports", "auto", "--num-cpus", "2"], env, 420)
-    assert up.returncode == 0, up.stdout + up.stderr
-    info = json.loads((state / "stack.json").read_text())
-    try:
-        yield state, info
-    finally:
-        info = json.loads((state / "stack.json").read_text())  # pids change on restarts
-        down = run([*STACK, "down"], env, 120)
-        assert down.returncode == 0, down.stdout + down.stderr
-        sys.path.insert(0, str(REPO / "infra" / "local"))
-        import stack as stack_mod
-
-        leftover = stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
-        leftover += [p for p in info["pids"].values() if stack_mod.pid_alive(p)]
-        assert not leftover, f"processes left running after down: {leftover}"
+    with running_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +177,51 @@ def test_a_killed_driver_resumes_its_unfinished_run(sweep, stack, mlflow_client)
 
 def test_a_restarted_s3_server_gets_its_bucket_and_data_back(stack, sweep):
     state, info = stack
-    sys.path.insert(0, str(REPO / "infra" / "local"))
-    import stack as stack_mod
-
+    stack_mod = stack_module()
     stack_mod.stop_group(info["pids"]["s3"])
     assert not stack_mod.s3_healthy(info)
     up = run([*STACK, "up"], clean_env(state), 300)
     assert up.returncode == 0, up.stdout + up.stderr
     dry = run([sys.executable, "pipelines/compare_depths.py", "--dry-run"], clean_env(state), 120)
     assert dry.returncode == 0 and "data present" in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_a_killed_training_worker_restarts_from_its_checkpoint(sweep, stack, mlflow_client):
+    """SIGKILL one of a run's two Ray Train workers after its first epoch: Ray Train restarts
+    the worker group from the last checkpoint (FailureConfig), the MLflow run continues with
+    no gap in its steps and no second run, and the result is that of the unfaulted run."""
+    state, info = stack
+    args = [sys.executable, "pipelines/compare_depths.py", *REDUCED, "--set", "grid.arch=[residual]",
+            "--sweep-id", "it-worker"]
+    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    stack_mod = stack_module()
+    try:
+        deadline = time.monotonic() + 420
+        while True:
+            runs = runs_of(mlflow_client, "it-worker", "train")
+            if runs and runs[0].data.metrics.get("epoch", 0) >= 1:
+                break
+            assert proc.poll() is None, "the sweep ended before a worker could be killed"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(1)
+        time.sleep(3)  # the epoch's checkpoint follows its metrics
+        workers = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
+                   if "RayTrainWorker" in stack_mod._cmdline(p)]
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-4000:]
+    (child,) = runs_of(mlflow_client, "it-worker", "train")  # the same run, not a second one
+    assert child.info.status == "FINISHED"
+    train_steps = {m.step for m in mlflow_client.get_metric_history(child.info.run_id, "train/loss")}
+    assert set(range(5, 62, 5)) <= train_steps and max(train_steps) == 62  # no gap, to the end
+    val = mlflow_client.get_metric_history(child.info.run_id, "val/error_top1")
+    assert sorted({m.step for m in val}) == [31, 62]
+    # The same config, seed and data order as it-1's residual-8, which no fault touched.
+    (clean,) = [c for c in runs_of(mlflow_client, "it-1", "train") if c.data.params["arch"] == "residual"]
+    assert abs(child.data.metrics["val/error_top1"] - clean.data.metrics["val/error_top1"]) < 3.0

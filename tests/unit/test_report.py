@@ -50,3 +50,41 @@ def test_write_report_produces_the_three_artifacts(tmp_path):
     assert [f.name for f in files] == ["comparison.md", "training_curves.png", "summary.json"]
     assert files[1].read_bytes()[:4] == b"\x89PNG" and files[1].stat().st_size > 10_000
     assert json.loads(files[2].read_text())["verdicts"] == summary["verdicts"]
+
+
+def test_interval_and_seeds_needed_against_hand_computed_values():
+    from orchestrator.report import interval, seeds_needed
+
+    # mean 2, sd 1 over 3 seeds; t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3) = 2.4841
+    lo, hi = interval([1.0, 2.0, 3.0])
+    assert abs(lo - (2 - 2.4841)) < 1e-3 and abs(hi - (2 + 2.4841)) < 1e-3
+    assert interval([5.0]) is None
+    # sd 1: half-widths 8.98 (n=2), 2.48 (3), 1.59 (4), 1.24 (5): below 1.5 from n = 5
+    assert seeds_needed([1.0, 2.0, 3.0], 1.5) == 5
+    assert seeds_needed([1.0, 2.0, 3.0], 0.0) is None
+
+
+def test_claims_are_decided_from_paired_seeds():
+    from orchestrator.report import decide, seed_comparisons
+
+    assert decide([10.0, 12.0, 11.0], "higher") == "holds"
+    assert decide([-1.0, 1.0, 0.5], "higher") == "open"
+    assert decide([-3.0, -2.5, -3.5], "higher") == "fails"
+    assert decide([-0.5, 0.2, -0.1], "no higher") == "holds"      # within the 1-point margin
+    assert decide([4.0, 5.0, 4.5], "no higher") == "fails"
+    assert decide([0.0], "no higher") == "open"                   # one seed: no interval
+    runs = []
+    for seed, noise in enumerate((0.0, 1.0, -1.0)):
+        runs += [record("plain", 8, 30 + noise, 35, seed), record("plain", 32, 45 + noise, 50, seed),
+                 record("residual", 8, 28 + noise, 33, seed), record("residual", 32, 25 + noise, 30, seed),
+                 record("preact", 32, 24 + noise, 29, seed)]
+    table = {(c["claim"], c["over"]): c for c in seed_comparisons(runs)}
+    end = table[("degradation", "end")]
+    assert end["a"] == "plain-32" and end["b"] == "plain-8" and end["seeds"] == 3
+    # The end of a run is the mean of its last 10% of points: 2 of 20 on a line from 90.
+    assert abs(end["mean"] - 15.0 * 18.5 / 19) < 1e-9 and end["verdict"] == "holds"
+    assert table[("residual learning", "end")]["verdict"] == "holds"
+    assert table[("pre-activation", "run")]["b"] == "residual-32"
+    assert table[("pre-activation", "run")]["verdict"] == "holds"
+    text = render_markdown(summarize(runs))
+    assert "| degradation | plain-32 | plain-8 | higher | end of run | 3 | +14.61 |" in text

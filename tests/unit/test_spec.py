@@ -77,8 +77,52 @@ def test_dry_run_estimate_matches_a_known_training_cost():
 
 def test_capacity_problem_names_what_is_missing():
     from orchestrator.spec import ClusterSpec
-    from orchestrator.sweep import capacity_problem
+    from orchestrator.capacity import capacity_problem
 
     assert capacity_problem(ClusterSpec(workers_per_run=2), {"CPU": 2.0}) is None
-    msg = capacity_problem(ClusterSpec(workers_per_run=8, use_gpu=True), {"CPU": 16.0, "GPU": 4.0})
-    assert "8 GPU (the cluster has 4)" in msg and "autoscaler" in msg
+    level, msg = capacity_problem(ClusterSpec(workers_per_run=8, use_gpu=True),
+                                  {"CPU": 16.0, "GPU": 4.0})
+    assert level == "warning" and "8 GPU (the cluster has 4)" in msg and "autoscaler" in msg
+
+
+def test_a_run_larger_than_the_cluster_can_ever_grow_is_an_error():
+    from orchestrator.spec import ClusterSpec
+    from orchestrator.capacity import capacity_problem
+
+    gpus8 = ClusterSpec(workers_per_run=8, use_gpu=True, cpus_per_worker=4)
+    # An autoscaler that can add up to 2 nodes of 4 GPUs: the run waits for it.
+    level, msg = capacity_problem(gpus8, {"CPU": 8.0}, {"CPU": 104.0, "GPU": 8.0})
+    assert level == "warning" and "0 GPU" not in msg and "8 GPU (the cluster has now 0)" in msg
+    # One node of 4 GPUs at most: the run could never be placed.
+    level, msg = capacity_problem(gpus8, {"CPU": 8.0}, {"CPU": 56.0, "GPU": 4.0})
+    assert level == "error" and "8 GPU (the cluster can grow to at most 4)" in msg
+    assert "never" in msg and "CPU" not in msg.split(":")[0]  # 32 CPUs fit: not named
+    # Within the present size: nothing to say, whatever the ceiling.
+    assert capacity_problem(ClusterSpec(workers_per_run=2), {"CPU": 4.0}, {"CPU": 4.0}) is None
+
+
+def test_the_ceiling_of_a_cluster_launcher_config():
+    import yaml
+
+    from orchestrator.capacity import ceiling_from_autoscaler_config
+
+    aws = yaml.safe_load((REPO / "infra" / "aws" / "cluster.yaml").read_text())
+    # head (0 CPU) + 8 and 4 g6.12xlarge (48 CPU, 4 GPU) + 4 p4d.24xlarge (96 CPU, 8 GPU)
+    assert ceiling_from_autoscaler_config(aws) == {"CPU": 12 * 48 + 4 * 96.0, "GPU": 12 * 4 + 4 * 8.0}
+    local = yaml.safe_load((REPO / "infra" / "local" / "fake_autoscaler.yaml").read_text())
+    local["available_node_types"]["ray.head.default"]["resources"] = {"CPU": 2}
+    assert ceiling_from_autoscaler_config(local) == {"CPU": 4.0, "gpu_slot": 2.0}
+    # A worker type whose size Ray detects at start: the ceiling is unknown, not zero.
+    aws["available_node_types"]["gpu_large"]["resources"] = {}
+    assert ceiling_from_autoscaler_config(aws) is None
+
+
+def test_resources_per_worker_are_checked_and_counted():
+    from orchestrator.capacity import run_resources
+    from orchestrator.spec import ClusterSpec, SpecError
+
+    spec = ClusterSpec(workers_per_run=3, resources_per_worker={"gpu_slot": 1})
+    assert run_resources(spec) == {"CPU": 3.0, "gpu_slot": 3}
+    for bad in ({"gpu_slot": 0}, {"GPU": 1}, ["gpu_slot"], {"x": True}):
+        with pytest.raises(SpecError, match="resources_per_worker"):
+            ClusterSpec(resources_per_worker=bad)

@@ -1,0 +1,153 @@
+"""The local stack as a secured, autoscaling cluster: `stack.py up --autoscale --mlflow-auth`.
+
+Autoscaling on one machine: the head has no ``gpu_slot``; Ray's fake_multinode autoscaler
+(infra/local/fake_autoscaler.yaml) may add two one-slot worker nodes, which are real raylets on
+this machine. A sweep whose runs each need a slot makes it add nodes; the runs finish on them;
+the nodes go after the idle timeout; a sweep that needs more slots than the autoscaler can ever
+add is refused before anything starts.
+
+Security: MLflow in basic-auth mode (drivers and workers log with the credentials the head's
+environment holds; a client without them, or with wrong ones, gets one clear message), Ray
+token authentication, and no credential in anything the sweep leaves behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+import time
+
+import pytest
+
+from localstack import clean_env, running_stack, run, stack_module
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+SWEEP = [sys.executable, "pipelines/compare_depths.py", "--config", "configs/autoscale_demo.yaml",
+         "--set", "experiment=it-autoscale"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("cluster"), "--autoscale", "--mlflow-auth") as (
+            state, info):
+        yield state, info, stack_module()
+
+
+def worker_nodes(stack) -> int:
+    _, info, stack_mod = stack
+    return sum(1 for n in stack_mod.ray_nodes(info) if not n.get("is_head_node"))
+
+
+def test_a_run_the_cluster_can_never_hold_is_refused_at_once(stack):
+    state, _, _ = stack
+    t0 = time.monotonic()
+    out = run([*SWEEP, "--set", "cluster.workers_per_run=4"], clean_env(state), 180)
+    assert out.returncode != 0
+    assert "4 gpu_slot (the cluster can grow to at most 2)" in out.stdout + out.stderr
+    assert time.monotonic() - t0 < 120 and worker_nodes(stack) == 0
+
+
+@pytest.fixture(scope="module")
+def sweep(stack):
+    """The autoscaling sweep, with the node count watched while it runs."""
+    state, _, _ = stack
+    assert worker_nodes(stack) == 0
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                seen.append(worker_nodes(stack))
+            except OSError:
+                pass
+            done.wait(2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out = run([*SWEEP, "--sweep-id", "it-as-1"], clean_env(state), 600)
+    finally:
+        done.set()
+        watcher.join()
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out, seen
+
+
+def test_the_autoscaler_adds_nodes_for_queued_runs_and_removes_them_when_idle(stack, sweep):
+    out, seen = sweep
+    assert "2 done, 0 failed" in out.stdout
+    assert max(seen) == 2, seen  # one node per queued one-slot run, up to the type's max
+    # idle_timeout_minutes 0.25: the nodes go about 15 s after the runs release them.
+    deadline = time.monotonic() + 120
+    while worker_nodes(stack) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert worker_nodes(stack) == 0
+
+
+def test_mlflow_basic_auth_takes_the_runs_and_refuses_strangers(stack, sweep):
+    from mlflow.tracking import MlflowClient
+
+    state, info, _ = stack
+    env = info["env"]
+    assert env["MLFLOW_TRACKING_USERNAME"] and env["MLFLOW_TRACKING_PASSWORD"]
+    # The workers logged through the login the head's environment gave them.
+    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
+                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
+    try:
+        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name("it-autoscale")
+        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.role` = 'train'")
+        assert len(runs) == 2 and all("val/error_top1" in r.data.metrics for r in runs)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+    dry = [sys.executable, "pipelines/compare_depths.py", "--config", "configs/autoscale_demo.yaml",
+           "--dry-run"]
+    nobody = dict(clean_env(state), MLFLOW_TRACKING_USERNAME="", MLFLOW_TRACKING_PASSWORD="")
+    out = run(dry, nobody, 120)
+    assert out.returncode == 1 and "asks for a login: set MLFLOW_TRACKING_USERNAME" in out.stderr
+    wrong = dict(clean_env(state), MLFLOW_TRACKING_PASSWORD="not-the-password")
+    out = run(dry, wrong, 120)
+    assert out.returncode == 1 and "rejected the login of user 'depthlab'" in out.stderr
+    assert "not-the-password" not in out.stdout + out.stderr
+
+
+def test_no_credential_appears_in_what_the_sweep_leaves(stack, sweep, tmp_path):
+    """The MLflow password and server key, the S3 secret key and the Ray token: not in MLflow
+    (params, tags, artifacts), not in the driver's output, not in any log of the stack or Ray."""
+    from mlflow.tracking import MlflowClient
+
+    state, info, _ = stack
+    env = info["env"]
+    secrets = {"MLflow password": env["MLFLOW_TRACKING_PASSWORD"],
+               "MLflow server key": info["mlflow_secret_key"],
+               "S3 secret key": env["AWS_SECRET_ACCESS_KEY"],
+               "Ray token": (Path.home() / ".ray" / "auth_token").read_text().strip()}
+    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
+                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"],
+                      AWS_ENDPOINT_URL=env["AWS_ENDPOINT_URL"])
+    texts = {"driver output": sweep[0].stdout + sweep[0].stderr}
+    try:
+        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name("it-autoscale")
+        for r in client.search_runs([exp.experiment_id]):
+            texts[f"run {r.info.run_name} params and tags"] = repr(
+                (r.data.params, r.data.tags, sorted(r.data.metrics)))
+            folder = client.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id))
+            for f in Path(folder).rglob("*"):
+                if f.is_file():
+                    texts[f"artifact {f.relative_to(tmp_path)}"] = f.read_bytes().decode(errors="replace")
+    finally:
+        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL"):
+            os.environ.pop(k)
+    assert any(k.startswith("artifact ") for k in texts)  # the scan did read artifacts
+    logs = [*(state / "logs").rglob("*"), *Path(info["ray_temp_dir"]).rglob("logs/**/*")]
+    for f in logs:
+        if f.is_file() and not f.is_symlink():
+            texts[str(f)] = f.read_bytes().decode(errors="replace")
+    assert len(texts) > 20
+    leaks = [f"{what} in {where}" for where, text in texts.items()
+             for what, secret in secrets.items() if secret in text]
+    assert not leaks, leaks
