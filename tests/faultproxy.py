@@ -1,10 +1,11 @@
-"""A small fault-injecting TCP proxy for loopback tests: resets and 5xx answers on demand."""
+"""A small fault-injecting TCP proxy for loopback tests: resets, 5xx answers and stalls."""
 
 from __future__ import annotations
 
 import socket
 import struct
 import threading
+import time
 
 
 class FaultProxy:
@@ -12,14 +13,17 @@ class FaultProxy:
 
     ``cut_connections``: that many connections are reset (RST) after ``cut_after`` bytes of the
     upstream's answer. ``fail_requests``: that many connections get ``503 Slow Down`` instead of
-    an answer. Counters say how many faults were injected.
+    an answer. ``stall_connections``: that many connections hold the upstream's answer for
+    ``stall_s`` seconds before passing it on (a slow server). Counters say how many faults
+    were injected.
     """
 
     def __init__(self, upstream_port: int, *, cut_connections: int = 0, cut_after: int = 20_000,
-                 fail_requests: int = 0):
+                 fail_requests: int = 0, stall_connections: int = 0, stall_s: float = 5.0):
         self.upstream_port = upstream_port
         self.cut_left, self.cut_after, self.fail_left = cut_connections, cut_after, fail_requests
-        self.cuts = self.failures = 0
+        self.stall_left, self.stall_s = stall_connections, stall_s
+        self.cuts = self.failures = self.stalls = 0
         self.lock = threading.Lock()
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,6 +61,7 @@ class FaultProxy:
             client.close()
             return
         cut = self._take("cut_left")
+        stall = self._take("stall_left")
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
 
         def pump_up():
@@ -74,6 +79,10 @@ class FaultProxy:
         threading.Thread(target=pump_up, daemon=True).start()
         sent = 0
         try:
+            if stall:
+                with self.lock:
+                    self.stalls += 1
+                time.sleep(self.stall_s)
             while data := upstream.recv(65536):
                 if cut and sent + len(data) > self.cut_after:
                     client.sendall(data[: max(0, self.cut_after - sent)])

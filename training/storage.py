@@ -41,8 +41,10 @@ def join(url: str, *parts: str) -> str:
 def s3_client():
     """A boto3 S3 client for this process and thread, with retries and backoff."""
     client = getattr(_local, "client", None)
-    # Keyed by process (DataLoader workers fork) and endpoint (tests point it at a proxy).
-    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
+    # Keyed by process (DataLoader workers fork), endpoint (tests point it at a proxy) and
+    # timeout.
+    read_timeout = float(os.environ.get("DEPTHLAB_S3_READ_TIMEOUT", "60"))
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"), read_timeout)
     if client is None or getattr(_local, "key", None) != key:
         import boto3
         from botocore.config import Config
@@ -50,7 +52,9 @@ def s3_client():
         cfg = Config(
             retries={"max_attempts": 8, "mode": "standard"},
             connect_timeout=10,
-            read_timeout=60,
+            # A stalled answer is abandoned after this long and retried (a slow replica, a
+            # stuck connection); DEPTHLAB_S3_READ_TIMEOUT tunes it for slow object stores.
+            read_timeout=read_timeout,
         )
         client = boto3.session.Session().client(
             "s3", config=cfg, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")

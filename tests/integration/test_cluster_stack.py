@@ -14,6 +14,8 @@ token authentication, and no credential in anything the sweep leaves behind.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,7 +23,7 @@ import time
 
 import pytest
 
-from localstack import clean_env, running_stack, run, stack_module
+from localstack import REPO, clean_env, run, running_stack, stack_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SWEEP = [sys.executable, "pipelines/compare_depths.py", "--config", "configs/autoscale_demo.yaml",
@@ -98,7 +100,8 @@ def test_mlflow_basic_auth_takes_the_runs_and_refuses_strangers(stack, sweep):
     try:
         client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
         exp = client.get_experiment_by_name("it-autoscale")
-        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.role` = 'train'")
+        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.sweep_id` = 'it-as-1' "
+                                  "and tags.`depthlab.role` = 'train'")
         assert len(runs) == 2 and all("val/error_top1" in r.data.metrics for r in runs)
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME")
@@ -112,6 +115,58 @@ def test_mlflow_basic_auth_takes_the_runs_and_refuses_strangers(stack, sweep):
     out = run(dry, wrong, 120)
     assert out.returncode == 1 and "rejected the login of user 'depthlab'" in out.stderr
     assert "not-the-password" not in out.stdout + out.stderr
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_lost_node_is_replaced_and_its_run_resumes(stack, sweep):
+    """Kill the raylet of the node a run trains on (the node is lost, with its worker): Ray
+    Train restarts the run from its checkpoint once the autoscaler has brought up a new node,
+    in the same MLflow run, and it finishes."""
+    from mlflow.tracking import MlflowClient
+
+    state, info, stack_mod = stack
+    env = info["env"]
+    args = [*SWEEP, "--set", "grid.arch=[residual]", "--set", "train.epochs=3",
+            "--sweep-id", "it-node"]
+    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
+                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+
+    def child():
+        exp = client.get_experiment_by_name("it-autoscale")
+        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.sweep_id` = 'it-node' "
+                                  "and tags.`depthlab.role` = 'train'")
+        return runs[0] if len(runs) == 1 else None
+
+    try:
+        deadline = time.monotonic() + 420
+        while not ((run_ := child()) and run_.data.metrics.get("epoch", 0) >= 1):
+            assert proc.poll() is None, "the sweep ended before its node could be lost"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(1)
+        time.sleep(3)  # the epoch's checkpoint follows its metrics
+        (worker,) = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
+                     if "RayTrainWorker" in stack_mod._cmdline(p)]
+        raylet = _parent(worker)
+        assert "raylet" in stack_mod._cmdline(raylet)
+        os.kill(raylet, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+        run_ = child()  # the same run, not a second one
+        assert run_.info.status == "FINISHED"
+        val = client.get_metric_history(run_.info.run_id, "val/error_top1")
+        assert sorted({m.step for m in val}) == [31, 62, 93]
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_no_credential_appears_in_what_the_sweep_leaves(stack, sweep, tmp_path):

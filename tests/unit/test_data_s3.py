@@ -73,6 +73,14 @@ def test_5xx_answers_are_retried(s3_shards, through):
     assert proxy.failures == 3 and total == 52
 
 
+def test_stalled_answers_time_out_and_are_retried(s3_shards, through, monkeypatch):
+    monkeypatch.setenv("DEPTHLAB_S3_READ_TIMEOUT", "1")
+    proxy = through(stall_connections=3, stall_s=4.0)
+    total, labels = read_all(s3_shards, world=2, workers=0, split="train")
+    assert proxy.stalls == 3
+    assert total == 160 and set(labels.values()) == {40}  # every sample once
+
+
 def test_missing_bucket_and_manifest_are_clear_errors(s3_server):
     with pytest.raises(StorageError, match="no usable manifest.*does not exist"):
         read_manifest("s3://no-such-bucket/data", "train")
