@@ -139,11 +139,13 @@ def verdicts(rows: list[dict]) -> list[str]:
 # difference stays below it. One point is small beside the effects the papers show (several
 # points) and above the noise of a well-measured run.
 NO_WORSE_MARGIN = 1.0
-# (label, deeper-or-other run, reference run, what the papers claim)
+# (label, run a, run b, what the papers say of a's training error against b's, and when):
+# [P1] Fig. 4/6: the deeper plain net trains worse throughout; the deeper residual net ends
+# lower (it may start slower); [P2] Fig. 1: pre-activation ends no higher than the original.
 CLAIMS = (
-    ("degradation", "plain", "deep", "plain", "shallow", "higher"),
-    ("residual learning", "residual", "deep", "residual", "shallow", "no higher"),
-    ("pre-activation", "preact", "deep", "residual", "deep", "no higher"),
+    ("degradation", "plain", "deep", "plain", "shallow", "higher", ("end", "run")),
+    ("residual learning", "residual", "deep", "residual", "shallow", "no higher", ("end",)),
+    ("pre-activation", "preact", "deep", "residual", "deep", "no higher", ("end",)),
 )
 
 
@@ -215,10 +217,12 @@ def seed_comparisons(records: list[RunRecord]) -> list[dict]:
         return []
     pick = {"deep": depths[-1], "shallow": depths[0]}
     out = []
-    for label, arch_a, which_a, arch_b, which_b, claim in CLAIMS:
+    measures = {"end": lambda r: r.tail_mean("train/error_top1"),
+                "run": lambda r: run_mean(r, "train/error_top1")}
+    for label, arch_a, which_a, arch_b, which_b, claim, whens in CLAIMS:
         a, b = (arch_a, pick[which_a]), (arch_b, pick[which_b])
-        for when, measure in (("end", lambda r: r.tail_mean("train/error_top1")),
-                              ("run", lambda r: run_mean(r, "train/error_top1"))):
+        for when in whens:
+            measure = measures[when]
             diffs = paired_difference(records, a, b, measure)
             if not diffs:
                 continue

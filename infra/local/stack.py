@@ -35,9 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from orchestrator import endpoints  # noqa: E402
+from orchestrator.demo_data import DATASETS  # noqa: E402
 
 BUCKET = "depthlab"
-DEMO_PREFIX = "demo-data"
 # moto accepts any credentials; these are not secrets.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "depthlab-local", "AWS_SECRET_ACCESS_KEY": "depthlab-local-secret",
                      "AWS_DEFAULT_REGION": "us-east-1"}
@@ -294,20 +294,24 @@ def start_s3(state: dict, folder: Path, env: dict) -> None:
 
 
 def seed_demo_data(state: dict, folder: Path, env: dict) -> None:
-    """The bucket and the demo shards: moto forgets them on every restart."""
+    """The bucket and the generated datasets' shards: moto forgets them on every restart, and
+    a dataset made by older code (another signature) is made again."""
     os.environ.update(env)
-    from orchestrator.demo_data import generate
+    from orchestrator.demo_data import generate, signature
     from orchestrator.shards import build_split
     from training import storage
 
     storage.ensure_bucket(f"s3://{BUCKET}")
-    dest = f"s3://{BUCKET}/{DEMO_PREFIX}"
-    if storage.exists(storage.join(dest, "val", "manifest.json")):
-        return
-    print("  building the demo dataset and its shards ...", flush=True)
-    images = generate(folder / "demo-images")
-    for split in ("train", "val"):
-        build_split(images, dest, split, shard_size=500)
+    for prefix, args in DATASETS.items():
+        dest = f"s3://{BUCKET}/{prefix}"
+        mark = storage.join(dest, "signature.txt")
+        if storage.exists(mark) and storage.read_bytes(mark).decode() == signature(**args):
+            continue
+        print(f"  building the generated dataset {dest} ...", flush=True)
+        images = generate(folder / f"{prefix}-images", **args)
+        for split in ("train", "val"):
+            build_split(images, dest, split, shard_size=500)
+        storage.write_bytes(mark, signature(**args).encode())
 
 
 def start_mlflow(state: dict, folder: Path, env: dict) -> None:
@@ -493,7 +497,7 @@ def status(folder: Path) -> bool:
         if state.get("autoscale"):
             cluster += ", fake_multinode autoscaler"
     print(f"  {'Ray cluster':<18} {urls(state)['ray_gcs']:<28} {cluster}")
-    print(f"  {'demo data':<18} s3://{BUCKET}/{DEMO_PREFIX}")
+    print(f"  {'generated data':<18} s3://{BUCKET}/{{{','.join(DATASETS)}}}")
     print(f"  {'state and logs':<18} {folder}")
     return all(checks.values())
 

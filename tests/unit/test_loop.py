@@ -1,5 +1,8 @@
 """The training loop in a plain single process: no Ray, no MLflow."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -119,3 +122,21 @@ def test_bn_parameters_can_skip_weight_decay():
     groups = parameter_groups(build_model("residual", 8, dataset="cifar"), 1e-4, True)
     assert groups[1]["weight_decay"] == 0 and all(p.ndim == 1 for p in groups[1]["params"])
     assert all(p.ndim > 1 for p in groups[0]["params"])
+
+
+class _Payload:
+    """What a tampered checkpoint could carry: unpickling it would run code."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["DEPTHLAB_PWNED"]),))
+
+
+def test_a_tampered_checkpoint_cannot_run_code(tmp_path, monkeypatch):
+    from training.loop import CHECKPOINT_FILE
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("DEPTHLAB_PWNED", str(marker))
+    torch.save({"model": {}, "evil": _Payload()}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        load_checkpoint(str(tmp_path))
+    assert not marker.exists()

@@ -84,7 +84,9 @@ def test_claims_are_decided_from_paired_seeds():
     # The end of a run is the mean of its last 10% of points: 2 of 20 on a line from 90.
     assert abs(end["mean"] - 15.0 * 18.5 / 19) < 1e-9 and end["verdict"] == "holds"
     assert table[("residual learning", "end")]["verdict"] == "holds"
-    assert table[("pre-activation", "run")]["b"] == "residual-32"
-    assert table[("pre-activation", "run")]["verdict"] == "holds"
+    assert table[("pre-activation", "end")]["b"] == "residual-32"
+    assert table[("pre-activation", "end")]["verdict"] == "holds"
+    assert table[("degradation", "run")]["verdict"] == "holds"
+    assert ("residual learning", "run") not in table  # a deeper net may start slower
     text = render_markdown(summarize(runs))
     assert "| degradation | plain-32 | plain-8 | higher | end of run | 3 | +14.61 |" in text
