@@ -41,6 +41,10 @@ class WorkerContext:
     # The directory of the checkpoint to resume from, or None for a fresh start.
     restore_dir: str | None = None
     tracker: object = field(default_factory=NullTracker)
+    # preempted() -> True once a node of this run is being drained (a spot reclaim): the loop
+    # then writes a just-in-time checkpoint. Every rank calls it the same number of times
+    # (under Ray Train it is a collective); None: never preempted (a plain process).
+    preempted: Callable[[], bool] | None = None
 
     @property
     def is_main(self) -> bool:

@@ -203,6 +203,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
         net = torch.compile(net)
     acc = Accumulator(ctx.device)
     final: dict = {}
+    jit_saved = False  # one just-in-time checkpoint per preemption notice is enough
     while progress.step < total_steps:
         epoch = progress.epoch
         loader = build_loader(cfg.data_url, "train", batch_size=cfg.per_worker_batch_size,
@@ -232,6 +233,16 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
             if end_of_epoch:
                 break
             if cfg.checkpoint_every_steps and progress.step % cfg.checkpoint_every_steps == 0:
+                _report(ctx, dict(final), model, optimizer, cfg, progress)
+            elif (ctx.preempted is not None and not jit_saved
+                  and progress.step % cfg.log_every_steps == 0 and ctx.preempted()):
+                # A node of this run is being drained (spot reclaim): save now, not at the next
+                # epoch end, so the restart loses at most log_every_steps steps. Asked at log
+                # steps only: under Ray it is a barrier across the ranks.
+                jit_saved = True
+                ctx.print0(f"[{cfg.run_name}] node preemption notice at step {progress.step}: "
+                           "just-in-time checkpoint")
+                ctx.tracker.log_metrics({"checkpoint/preemption_step": progress.step}, progress.step)
                 _report(ctx, dict(final), model, optimizer, cfg, progress)
 
         val = evaluate(model, cfg, ctx, val_manifest)

@@ -1,8 +1,8 @@
 """The thin adapter between Ray Train and ``training.loop.train``.
 
 The only Ray-specific lines of a worker: read the rank and device from Ray Train's context, turn
-``report`` into ``ray.train.report`` (with rank 0's checkpoint), fetch the checkpoint to resume
-from. Everything else is the plain loop.
+``report`` into ``ray.train.report`` (with rank 0's checkpoint), ask Ray Train whether a node is
+being preempted, fetch the checkpoint to resume from. Everything else is the plain loop.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def train_func(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
+    def preempted() -> bool:
+        # Ray Train's drain watcher: the same answer on every rank (it is a barrier).
+        return ray.train.get_preemption_info() is not None
+
     restore_dir = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -45,7 +49,7 @@ def train_func(config: dict) -> None:
         tracker = MlflowSink(cfg.mlflow_run_id, system_metrics=cfg.system_metrics)
     ctx = WorkerContext(rank=rank, world_size=ray_ctx.get_world_size(),
                         device=ray.train.torch.get_device(), report=report,
-                        restore_dir=restore_dir, tracker=tracker)
+                        restore_dir=restore_dir, tracker=tracker, preempted=preempted)
     try:
         train(cfg, ctx)
     finally:

@@ -169,6 +169,74 @@ def test_a_lost_node_is_replaced_and_its_run_resumes(stack, sweep):
             proc.wait()
 
 
+def _train_worker_node(info) -> str:
+    """The node id of the (one) live Ray Train worker, from the dashboard's state API."""
+    import json
+    import urllib.request
+
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    query = ("/api/v0/actors?limit=1000&filter_keys=class_name&filter_predicates=%3D"
+             "&filter_values=RayTrainWorker")
+    req = urllib.request.Request(info["urls"]["ray_dashboard"] + query,
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        actors = json.load(resp)["data"]["result"]["result"]
+    (actor,) = [a for a in actors if a["state"] == "ALIVE"]
+    return actor["node_id"]
+
+
+def test_a_preemption_notice_makes_a_just_in_time_checkpoint(stack, sweep):
+    """Drain the node a run trains on as a spot reclaim would (Ray's drain API, reason
+    PREEMPTION, a deadline): Ray Train tells the workers, the loop writes a just-in-time
+    checkpoint at once (recorded in MLflow), and after the deadline the run restarts on a new
+    node and finishes in the same MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    state, info, _ = stack
+    env = info["env"]
+    args = [*SWEEP, "--set", "grid.arch=[plain]", "--set", "train.epochs=4",
+            "--sweep-id", "it-preempt"]
+    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
+                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+
+    def child():
+        exp = client.get_experiment_by_name("it-autoscale")
+        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.sweep_id` = 'it-preempt' "
+                                  "and tags.`depthlab.role` = 'train'")
+        return runs[0] if len(runs) == 1 else None
+
+    try:
+        deadline = time.monotonic() + 420
+        while not ((run_ := child()) and "train/loss" in run_.data.metrics):
+            assert proc.poll() is None, "the sweep ended before its node could be drained"
+            assert time.monotonic() < deadline, "the run never started training"
+            time.sleep(1)
+        drain = run([str(Path(sys.executable).parent / "ray"), "drain-node",
+                     "--address", env["RAY_ADDRESS"], "--node-id", _train_worker_node(info),
+                     "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                     "--reason-message", "spot reclaim (test)", "--deadline-remaining-seconds", "20"],
+                    dict(clean_env(state), RAY_AUTH_MODE="token"), 60)
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+        run_ = child()  # the same run, not a second one
+        assert run_.info.status == "FINISHED"
+        jit = client.get_metric_history(run_.info.run_id, "checkpoint/preemption_step")
+        assert jit and jit[0].value % 5 == 0, jit  # at the first log step after the notice
+        assert "just-in-time checkpoint" in out
+        val = client.get_metric_history(run_.info.run_id, "val/error_top1")
+        assert sorted({m.step for m in val}) == [31, 62, 93, 124]
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_no_credential_appears_in_what_the_sweep_leaves(stack, sweep, tmp_path):
     """The MLflow password and server key, the S3 secret key and the Ray token: not in MLflow
     (params, tags, artifacts), not in the driver's output, not in any log of the stack or Ray."""

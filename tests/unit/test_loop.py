@@ -140,3 +140,23 @@ def test_a_tampered_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="weights_only|Unsupported global"):
         load_checkpoint(str(tmp_path))
     assert not marker.exists()
+
+
+def test_a_preemption_notice_writes_one_just_in_time_checkpoint(shards, tmp_path):
+    """The notice arrives at step 6 of a 10-step epoch: the loop saves right there, so a restart
+    (tested for any mid-epoch checkpoint above) resumes at step 6, not at the epoch's start."""
+    notices = []
+
+    def preempted():
+        notices.append(len(notices))
+        return len(notices) >= 3  # asked at steps 2, 4, 6: the third says yes
+
+    cfg = config(shards, epochs=2, log_every_steps=2)
+    saved = LocalCheckpoints(tmp_path / "jit")
+    rec = Recorder()
+    with pytest.raises(_Stopped):
+        train(cfg, WorkerContext(report=_StopAfter(saved, 1), preempted=preempted, tracker=rec))
+    state = load_checkpoint(saved.latest())
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)
+    assert [s for s, m in rec.points if "checkpoint/preemption_step" in m] == [6]
+    assert len(notices) == 3  # one notice, one checkpoint: no more questions after it
