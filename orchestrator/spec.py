@@ -24,7 +24,7 @@ from training.config import TrainConfig, check_types
 from training.recipes import recipe_values
 
 TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster")
-GRID_KEYS = ("arch", "depth", "seed")
+GRID_KEYS = ("arch", "depth", "seed", "exclude")
 
 
 class SpecError(ValueError):
@@ -79,6 +79,7 @@ class SweepSpec:
     train: dict = field(default_factory=dict)
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     data_name: str = ""
+    exclude: tuple[str, ...] = ()  # "arch-depth" pairs of the grid that are not trained
 
     def runs(self) -> list[TrainConfig]:
         """One config per (arch, depth, seed), in the order they are launched."""
@@ -88,6 +89,8 @@ class SweepSpec:
         except ValueError as exc:
             raise SpecError(f"train.recipe: {exc}") from None
         for arch, depth, seed in itertools.product(self.archs, self.depths, self.seeds):
+            if f"{arch}-{depth}" in self.exclude:
+                continue
             values = dict(preset, **self.train, arch=arch, depth=depth, seed=seed,
                           num_workers=self.cluster.workers_per_run,
                           use_gpu=self.cluster.use_gpu, run_name=f"{arch}-{depth}-s{seed}")
@@ -100,7 +103,8 @@ class SweepSpec:
     def to_dict(self) -> dict:
         return {
             "experiment": self.experiment, "data_name": self.data_name,
-            "grid": {"arch": list(self.archs), "depth": list(self.depths), "seed": list(self.seeds)},
+            "grid": {"arch": list(self.archs), "depth": list(self.depths), "seed": list(self.seeds),
+                     "exclude": list(self.exclude)},
             "train": dict(self.train), "cluster": dataclasses.asdict(self.cluster),
         }
 
@@ -143,7 +147,15 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         depths=tuple(depths),
         seeds=tuple(int(s) for s in _as_list(grid.get("seed", [0]), "seed")),
         train=train, cluster=cluster, data_name=str(raw.get("data_name") or ""),
+        exclude=tuple(str(x) for x in _as_list(grid["exclude"], "exclude")) if grid.get("exclude") else (),
     )
+    pairs = {f"{a}-{d}" for a in spec.archs for d in spec.depths}
+    for item in spec.exclude:
+        if item not in pairs:
+            raise SpecError(f"grid.exclude: {item!r} is not an arch-depth pair of the grid "
+                            f"({', '.join(sorted(pairs))})")
+    if pairs <= set(spec.exclude):
+        raise SpecError("grid.exclude leaves no run")
     spec.runs()  # every run must be valid before anything starts
     return spec
 

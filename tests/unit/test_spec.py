@@ -126,3 +126,14 @@ def test_resources_per_worker_are_checked_and_counted():
     for bad in ({"gpu_slot": 0}, {"GPU": 1}, ["gpu_slot"], {"x": True}):
         with pytest.raises(SpecError, match="resources_per_worker"):
             ClusterSpec(resources_per_worker=bad)
+
+
+def test_grid_exclude_drops_pairs_and_names_typos():
+    from orchestrator.spec import SpecError
+
+    spec = load_spec(REPO / "configs" / "demo.yaml", ["grid.exclude=[preact-8]"])
+    names = [c.run_name for c in spec.runs()]
+    assert "preact-8-s0" not in names and "preact-14-s0" in names and len(names) == 5
+    assert spec.to_dict()["grid"]["exclude"] == ["preact-8"]
+    with pytest.raises(SpecError, match="'preact-9' is not an arch-depth pair"):
+        load_spec(REPO / "configs" / "demo.yaml", ["grid.exclude=[preact-9]"])
