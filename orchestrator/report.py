@@ -279,9 +279,22 @@ def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_curve(records: list[RunRecord], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """``(steps, mean, low, high)`` over the runs (seeds) at the steps they all logged."""
+    histories = [dict(r.history.get(key) or []) for r in records]
+    histories = [h for h in histories if h]
+    if not histories:
+        return [], [], [], []
+    steps = sorted(set.intersection(*(set(h) for h in histories)))
+    values = [[h[s] for h in histories] for s in steps]
+    return (steps, [statistics.fmean(v) for v in values], [min(v) for v in values],
+            [max(v) for v in values])
+
+
 def plot_curves(records: list[RunRecord], path: Path) -> Path:
     """[P1] Fig. 4 style: one panel per family, a colour per depth, training error thin and
-    validation error bold, over iterations."""
+    validation error bold, over iterations. With several seeds: their mean, and a band from
+    the lowest to the highest training error at each iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,15 +306,20 @@ def plot_curves(records: list[RunRecord], path: Path) -> Path:
     colour = {d: colours(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
     fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), sharey=True, squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for r in sorted((r for r in records if r.arch == arch), key=lambda r: (r.depth, r.seed)):
-            label = f"{arch}-{r.depth}" if r.seed == min(x.seed for x in records if x.arch == arch
-                                                       and x.depth == r.depth) else None
-            for key, width in (("train/error_top1", 0.8), ("val/error_top1", 2.4)):
-                pts = r.history.get(key) or []
-                if pts:
-                    ax.plot(*zip(*pts), color=colour[r.depth], linewidth=width,
-                            alpha=0.6 if width < 1 else 1.0,
-                            label=label if key == "val/error_top1" else None)
+        for depth in depths:
+            runs = [r for r in records if r.arch == arch and r.depth == depth]
+            if not runs:
+                continue
+            seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+            steps, mean, low, high = mean_curve(runs, "train/error_top1")
+            if steps:
+                ax.plot(steps, mean, color=colour[depth], linewidth=0.8, alpha=0.8)
+                if len(runs) > 1:
+                    ax.fill_between(steps, low, high, color=colour[depth], alpha=0.15, linewidth=0)
+            steps, mean, _, _ = mean_curve(runs, "val/error_top1")
+            if steps:
+                ax.plot(steps, mean, color=colour[depth], linewidth=2.4,
+                        label=f"{arch}-{depth}{seeds}")
         ax.set_title({"plain": "plain", "residual": "residual (original unit)",
                       "preact": "residual (pre-activation)"}[arch])
         ax.set_xlabel("iteration")

@@ -90,3 +90,12 @@ def test_claims_are_decided_from_paired_seeds():
     assert ("residual learning", "run") not in table  # a deeper net may start slower
     text = render_markdown(summarize(runs))
     assert "| degradation | plain-32 | plain-8 | higher | end of run | 3 | +14.61 |" in text
+
+
+def test_mean_curve_is_taken_at_the_steps_every_seed_logged():
+    from orchestrator.report import mean_curve
+
+    a = RunRecord("plain", 8, 0, history={"train/error_top1": [(10, 50.0), (20, 40.0), (30, 30.0)]})
+    b = RunRecord("plain", 8, 1, history={"train/error_top1": [(10, 60.0), (20, 20.0)]})
+    assert mean_curve([a, b], "train/error_top1") == ([10, 20], [55.0, 30.0], [50.0, 20.0], [60.0, 40.0])
+    assert mean_curve([a], "val/error_top1") == ([], [], [], [])
