@@ -13,6 +13,7 @@ token authentication, and no credential in anything the sweep leaves behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,23 +90,15 @@ def test_the_autoscaler_adds_nodes_for_queued_runs_and_removes_them_when_idle(st
 
 
 def test_mlflow_basic_auth_takes_the_runs_and_refuses_strangers(stack, sweep):
-    from mlflow.tracking import MlflowClient
-
     state, info, _ = stack
     env = info["env"]
     assert env["MLFLOW_TRACKING_USERNAME"] and env["MLFLOW_TRACKING_PASSWORD"]
     # The workers logged through the login the head's environment gave them.
-    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
-                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
-    try:
-        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    with mlflow_login(env) as client:
         exp = client.get_experiment_by_name("it-autoscale")
         runs = client.search_runs([exp.experiment_id], "tags.`depthlab.sweep_id` = 'it-as-1' "
                                   "and tags.`depthlab.role` = 'train'")
         assert len(runs) == 2 and all("val/error_top1" in r.data.metrics for r in runs)
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME")
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
     dry = [sys.executable, "pipelines/compare_depths.py", "--config", "configs/autoscale_demo.yaml",
            "--dry-run"]
     nobody = dict(clean_env(state), MLFLOW_TRACKING_USERNAME="", MLFLOW_TRACKING_PASSWORD="")
@@ -121,34 +114,61 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+@contextlib.contextmanager
+def mlflow_login(env: dict):
+    """An MLflow client logged in as the stack's drivers and workers are."""
+    from mlflow.tracking import MlflowClient
+
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        yield MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    finally:
+        for k in keys:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
+def sweep_in_background(stack, sweep_id: str, *overrides: str):
+    """``(driver process, client, child)`` of the autoscale demo sweep started with
+    ``overrides``; ``child()`` is its one MLflow training run, or None before it exists."""
+    state, info, _ = stack
+    proc = subprocess.Popen([*SWEEP, *overrides, "--sweep-id", sweep_id], env=clean_env(state),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        with mlflow_login(info["env"]) as client:
+            def child():
+                exp = client.get_experiment_by_name("it-autoscale")
+                runs = client.search_runs([exp.experiment_id], f"tags.`depthlab.sweep_id` = '{sweep_id}' "
+                                          "and tags.`depthlab.role` = 'train'")
+                return runs[0] if len(runs) == 1 else None
+
+            yield proc, client, child
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for_run(proc, child, ready, what: str, timeout: float = 420):
+    """Poll until ``ready(run)`` holds for the sweep's training run; fail if the driver ends."""
+    deadline = time.monotonic() + timeout
+    while not ((run_ := child()) and ready(run_)):
+        assert proc.poll() is None, f"the sweep ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return run_
+
+
 def test_a_lost_node_is_replaced_and_its_run_resumes(stack, sweep):
     """Kill the raylet of the node a run trains on (the node is lost, with its worker): Ray
     Train restarts the run from its checkpoint once the autoscaler has brought up a new node,
     in the same MLflow run, and it finishes."""
-    from mlflow.tracking import MlflowClient
-
-    state, info, stack_mod = stack
-    env = info["env"]
-    args = [*SWEEP, "--set", "grid.arch=[residual]", "--set", "train.epochs=3",
-            "--sweep-id", "it-node"]
-    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
-                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-
-    def child():
-        exp = client.get_experiment_by_name("it-autoscale")
-        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.sweep_id` = 'it-node' "
-                                  "and tags.`depthlab.role` = 'train'")
-        return runs[0] if len(runs) == 1 else None
-
-    try:
-        deadline = time.monotonic() + 420
-        while not ((run_ := child()) and run_.data.metrics.get("epoch", 0) >= 1):
-            assert proc.poll() is None, "the sweep ended before its node could be lost"
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(1)
+    _, info, stack_mod = stack
+    with sweep_in_background(stack, "it-node", "--set", "grid.arch=[residual]",
+                             "--set", "train.epochs=3") as (proc, client, child):
+        wait_for_run(proc, child, lambda r: r.data.metrics.get("epoch", 0) >= 1, "an epoch ended")
         time.sleep(3)  # the epoch's checkpoint follows its metrics
         (worker,) = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
                      if "RayTrainWorker" in stack_mod._cmdline(p)]
@@ -161,12 +181,6 @@ def test_a_lost_node_is_replaced_and_its_run_resumes(stack, sweep):
         assert run_.info.status == "FINISHED"
         val = client.get_metric_history(run_.info.run_id, "val/error_top1")
         assert sorted({m.step for m in val}) == [31, 62, 93]
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME")
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _train_worker_node(info) -> str:
@@ -190,32 +204,12 @@ def test_a_preemption_notice_makes_a_just_in_time_checkpoint(stack, sweep):
     PREEMPTION, a deadline): Ray Train tells the workers, the loop writes a just-in-time
     checkpoint at once (recorded in MLflow), and after the deadline the run restarts on a new
     node and finishes in the same MLflow run."""
-    from mlflow.tracking import MlflowClient
-
     state, info, _ = stack
-    env = info["env"]
-    args = [*SWEEP, "--set", "grid.arch=[plain]", "--set", "train.epochs=4",
-            "--sweep-id", "it-preempt"]
-    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
-                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-
-    def child():
-        exp = client.get_experiment_by_name("it-autoscale")
-        runs = client.search_runs([exp.experiment_id], "tags.`depthlab.sweep_id` = 'it-preempt' "
-                                  "and tags.`depthlab.role` = 'train'")
-        return runs[0] if len(runs) == 1 else None
-
-    try:
-        deadline = time.monotonic() + 420
-        while not ((run_ := child()) and "train/loss" in run_.data.metrics):
-            assert proc.poll() is None, "the sweep ended before its node could be drained"
-            assert time.monotonic() < deadline, "the run never started training"
-            time.sleep(1)
+    with sweep_in_background(stack, "it-preempt", "--set", "grid.arch=[plain]",
+                             "--set", "train.epochs=4") as (proc, client, child):
+        wait_for_run(proc, child, lambda r: "train/loss" in r.data.metrics, "training started")
         drain = run([str(Path(sys.executable).parent / "ray"), "drain-node",
-                     "--address", env["RAY_ADDRESS"], "--node-id", _train_worker_node(info),
+                     "--address", info["env"]["RAY_ADDRESS"], "--node-id", _train_worker_node(info),
                      "--reason", "DRAIN_NODE_REASON_PREEMPTION",
                      "--reason-message", "spot reclaim (test)", "--deadline-remaining-seconds", "20"],
                     dict(clean_env(state), RAY_AUTH_MODE="token"), 60)
@@ -229,42 +223,31 @@ def test_a_preemption_notice_makes_a_just_in_time_checkpoint(stack, sweep):
         assert "just-in-time checkpoint" in out
         val = client.get_metric_history(run_.info.run_id, "val/error_top1")
         assert sorted({m.step for m in val}) == [31, 62, 93, 124]
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME")
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_no_credential_appears_in_what_the_sweep_leaves(stack, sweep, tmp_path):
     """The MLflow password and server key, the S3 secret key and the Ray token: not in MLflow
     (params, tags, artifacts), not in the driver's output, not in any log of the stack or Ray."""
-    from mlflow.tracking import MlflowClient
-
     state, info, _ = stack
     env = info["env"]
     secrets = {"MLflow password": env["MLFLOW_TRACKING_PASSWORD"],
                "MLflow server key": info["mlflow_secret_key"],
                "S3 secret key": env["AWS_SECRET_ACCESS_KEY"],
                "Ray token": (Path.home() / ".ray" / "auth_token").read_text().strip()}
-    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
-                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"],
-                      AWS_ENDPOINT_URL=env["AWS_ENDPOINT_URL"])
     texts = {"driver output": sweep[0].stdout + sweep[0].stderr}
+    os.environ["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"]  # as a driver of the stack has it
     try:
-        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-        exp = client.get_experiment_by_name("it-autoscale")
-        for r in client.search_runs([exp.experiment_id]):
-            texts[f"run {r.info.run_name} params and tags"] = repr(
-                (r.data.params, r.data.tags, sorted(r.data.metrics)))
-            folder = client.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id))
-            for f in Path(folder).rglob("*"):
-                if f.is_file():
-                    texts[f"artifact {f.relative_to(tmp_path)}"] = f.read_bytes().decode(errors="replace")
+        with mlflow_login(env) as client:
+            exp = client.get_experiment_by_name("it-autoscale")
+            for r in client.search_runs([exp.experiment_id]):
+                texts[f"run {r.info.run_name} params and tags"] = repr(
+                    (r.data.params, r.data.tags, sorted(r.data.metrics)))
+                folder = client.download_artifacts(r.info.run_id, "", str(tmp_path / r.info.run_id))
+                for f in Path(folder).rglob("*"):
+                    if f.is_file():
+                        texts[f"artifact {f.relative_to(tmp_path)}"] = f.read_bytes().decode(errors="replace")
     finally:
-        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL"):
-            os.environ.pop(k)
+        os.environ.pop("AWS_ENDPOINT_URL")
     assert any(k.startswith("artifact ") for k in texts)  # the scan did read artifacts
     logs = [*(state / "logs").rglob("*"), *Path(info["ray_temp_dir"]).rglob("logs/**/*")]
     for f in logs:
