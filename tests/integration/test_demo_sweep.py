@@ -126,7 +126,7 @@ def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client)
     assert len(runs_of(mlflow_client, "it-1", "train")) == 3
 
 
-def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client):
+def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client, monkeypatch):
     job = run([*STACK, "submit", "--", "python", "pipelines/compare_depths.py", *REDUCED,
                "--set", "grid.arch=[residual]", "--set", "train.epochs=1",
                "--set", "train.log_model=true", "--sweep-id", "it-job"],
@@ -137,7 +137,9 @@ def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client):
     # The final model with its signature, the dataset as the run's input, system metrics.
     import mlflow
 
-    mlflow.set_tracking_uri(stack[1]["env"]["MLFLOW_TRACKING_URI"])
+    # Through the environment, not mlflow.set_tracking_uri: that global would outlive this test
+    # and point later tests' clients at this stack's server after it is stopped.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack[1]["env"]["MLFLOW_TRACKING_URI"])
     info = mlflow.models.get_model_info(f"runs:/{child.info.run_id}/model")
     assert info.signature is not None and info.flavors.get("pytorch")
     assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["synthetic-shapes"]

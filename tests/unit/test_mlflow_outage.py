@@ -69,7 +69,7 @@ def test_metrics_logged_while_mlflow_is_down_arrive_when_it_is_back(tmp_path, mo
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     server = start_server(port, db, log)
     try:
-        client = MlflowClient()
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
         run_id = client.create_run(client.create_experiment("outage")).info.run_id
         sink = MlflowSink(run_id, flush_every_s=0.5)
         for step in range(10):
