@@ -85,8 +85,8 @@ def generate(root: str | Path, *, num_classes: int = 10, train_per_class: int = 
     """
     root = Path(root)
     done = root / ".complete"
-    signature = _signature(num_classes, train_per_class, val_per_class, size, seed)
-    if done.exists() and done.read_text().strip() == signature:
+    wanted = signature(num_classes, train_per_class, val_per_class, size, seed, quality)
+    if done.exists() and done.read_text().strip() == wanted:
         return root
     for split in ("train", "val"):  # another or a partial dataset: nothing of it may remain
         shutil.rmtree(root / split, ignore_errors=True)
@@ -102,7 +102,7 @@ def generate(root: str | Path, *, num_classes: int = 10, train_per_class: int = 
                 Image.fromarray(render(rng, shape, theta, size)).save(buf, "JPEG", quality=quality)
                 (folder / f"{cid}_{i}.JPEG").write_bytes(buf.getvalue())
     (root / "classes.txt").write_text("".join(f"{cid} {name}\n" for cid, name, _ in table))
-    done.write_text(signature)
+    done.write_text(wanted)
     return root
 
 
@@ -113,17 +113,12 @@ DATASETS = {
 }
 
 
-def signature(**kwargs) -> str:
-    """What identifies a generated dataset: the rendering's version and the arguments."""
-    args = {"num_classes": 10, "train_per_class": 400, "val_per_class": 60, "size": 16, "seed": 0,
-            **kwargs}
-    return _signature(args["num_classes"], args["train_per_class"], args["val_per_class"],
-                      args["size"], args["seed"])
-
-
 # Bumped whenever the rendering changes, so that a dataset made by older code is rebuilt.
 VERSION = 3
 
 
-def _signature(*args) -> str:
-    return " ".join(map(str, (f"v{VERSION}", *args)))
+def signature(num_classes: int = 10, train_per_class: int = 400, val_per_class: int = 60,
+              size: int = 16, seed: int = 0, quality: int = 90) -> str:
+    """What identifies a generated dataset: the rendering's version and ``generate``'s arguments."""
+    return " ".join(map(str, (f"v{VERSION}", num_classes, train_per_class, val_per_class, size,
+                              seed, quality)))

@@ -54,6 +54,19 @@ def runs_of(client, sweep_id, role):
         f"tags.`depthlab.sweep_id` = '{sweep_id}' and tags.`depthlab.role` = '{role}'"))
 
 
+def wait_for_first_epoch(client, sweep_id: str, proc, timeout: float = 420) -> None:
+    """Until the sweep's one training run has ended an epoch and checkpointed it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = runs_of(client, sweep_id, "train")
+        if runs and runs[0].data.metrics.get("epoch", 0) >= 1:
+            break
+        assert proc.poll() is None, "the sweep ended before its first epoch did"
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(1)
+    time.sleep(3)  # the epoch's checkpoint follows its metrics
+
+
 def test_status_names_every_service(stack):
     state, info = stack
     out = run([*STACK, "status"], clean_env(state), 60)
@@ -156,15 +169,7 @@ def test_a_killed_driver_resumes_its_unfinished_run(sweep, stack, mlflow_client)
     proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 420
-        while True:
-            runs = runs_of(mlflow_client, "it-kill", "train")
-            if runs and runs[0].data.metrics.get("epoch", 0) >= 1:
-                break
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(1)
-        time.sleep(3)  # the epoch's checkpoint follows its metrics
+        wait_for_first_epoch(mlflow_client, "it-kill", proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -199,15 +204,7 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint(sweep, stack, mlf
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     stack_mod = stack_module()
     try:
-        deadline = time.monotonic() + 420
-        while True:
-            runs = runs_of(mlflow_client, "it-worker", "train")
-            if runs and runs[0].data.metrics.get("epoch", 0) >= 1:
-                break
-            assert proc.poll() is None, "the sweep ended before a worker could be killed"
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(1)
-        time.sleep(3)  # the epoch's checkpoint follows its metrics
+        wait_for_first_epoch(mlflow_client, "it-worker", proc)
         workers = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
                    if "RayTrainWorker" in stack_mod._cmdline(p)]
         assert len(workers) == 2, workers
