@@ -320,6 +320,17 @@ def plot_curves(records: list[RunRecord], path: Path) -> Path:
             if steps:
                 ax.plot(steps, mean, color=colour[depth], linewidth=2.4,
                         label=f"{arch}-{depth}{seeds}")
+        if arch == "preact":
+            # Claim 3 compares the two units at the same depth: the original unit's validation
+            # curve, dashed, beside each pre-activation depth.
+            for depth in depths:
+                if not any(r.arch == arch and r.depth == depth for r in records):
+                    continue
+                steps, mean, _, _ = mean_curve(
+                    [r for r in records if r.arch == "residual" and r.depth == depth], "val/error_top1")
+                if steps:
+                    ax.plot(steps, mean, color=colour[depth], linewidth=1.6, linestyle="--",
+                            alpha=0.7, label=f"residual-{depth} (original unit)")
         ax.set_title({"plain": "plain", "residual": "residual (original unit)",
                       "preact": "residual (pre-activation)"}[arch])
         ax.set_xlabel("iteration")

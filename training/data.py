@@ -24,15 +24,13 @@ import json
 import logging
 import queue
 import random
-import tarfile
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
-from training import storage
+from training import storage, tarstream
 from training.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -176,18 +174,15 @@ def iter_tar_samples(stream):
     """
     current_key, current = None, {}
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.rsplit("/", 1)[-1]
-                key, _, ext = name.partition(".")
-                if key != current_key and current_key is not None:
-                    yield current_key, current
-                    current = {}
-                current_key = key
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        for path, data in tarstream.iter_members(stream):
+            name = path.rsplit("/", 1)[-1]
+            key, _, ext = name.partition(".")
+            if key != current_key and current_key is not None:
+                yield current_key, current
+                current = {}
+            current_key = key
+            current[ext] = data
+    except (tarstream.TarFormatError, EOFError, OSError) as exc:
         log.warning("shard stream ended early: %s", exc)
     if current_key is not None:
         yield current_key, current
@@ -228,8 +223,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             return None
         try:
             label = int(parts["cls"])
-            # Opened lazily: the transform decodes, at reduced size where its output allows.
-            return self.transform(Image.open(io.BytesIO(parts["jpg"]))), label
+            # The transform decodes the bytes its own way (reduced-size for big photos).
+            return self.transform(parts["jpg"]), label
         except Exception as exc:  # corrupt JPEG, missing label: skip and count
             log.warning("skipping bad sample %s: %s", key, exc)
             return None

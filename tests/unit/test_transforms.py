@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from training.transforms import (CifarTrain, PaperScaleAugment, RandomResizedCrop,
-                                 ResizeCenterCrop, build_transform, draft, normalize)
+from training.transforms import (CifarEval, CifarTrain, PaperScaleAugment, RandomResizedCrop,
+                                 ResizeCenterCrop, build_transform, decode_rgb, draft,
+                                 normalize, shift)
 
 
 def photo(w=500, h=375, fmt="JPEG") -> bytes:
@@ -38,20 +39,20 @@ def test_draft_decodes_at_reduced_size_only_when_allowed():
                                ResizeCenterCrop(224), CifarTrain(32)])
 def test_outputs_are_uint8_chw_of_the_crop_size(t):
     random.seed(0)
-    out = t(lazy(photo()))
+    out = t(photo())
     size = 32 if isinstance(t, CifarTrain) else 224
     assert out.dtype == torch.uint8 and out.shape == (3, size, size)
 
 
 def test_center_crop_is_centered():
-    out = ResizeCenterCrop(224)(lazy(photo()))
+    out = ResizeCenterCrop(224)(photo())
     # Red grows left to right, green top to bottom: the center pixel is mid-range in both.
     r, g = out[0, 112, 112].item(), out[1, 112, 112].item()
     assert abs(r - 128) < 12 and abs(g - 128) < 12
 
 
 def test_ten_crop_stacks_corners_center_and_mirrors():
-    out = ResizeCenterCrop(224, crops=10)(lazy(photo()))
+    out = ResizeCenterCrop(224, crops=10)(photo())
     assert out.shape == (10, 3, 224, 224)
     torch.testing.assert_close(out[5], out[0].flip(-1))
     assert out[0][0].float().mean() < out[1][0].float().mean()  # left corner redder less
@@ -61,7 +62,7 @@ def test_paper_scale_augment_is_reproducible_under_a_seed():
     def run():
         random.seed(3)
         np.random.seed(3)
-        return PaperScaleAugment(224)(lazy(photo()))
+        return PaperScaleAugment(224)(photo())
 
     torch.testing.assert_close(run(), run())
 
@@ -76,3 +77,50 @@ def test_build_transform_rejects_unknown_recipes():
 def test_normalize_subtracts_the_mean():
     x = torch.full((1, 3, 2, 2), 124, dtype=torch.uint8)
     assert normalize(x)[0, 0].abs().max() < 0.02
+
+
+def small_jpeg(size=16, seed=0) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (size, size, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_decode_rgb_matches_pil_and_reads_other_formats():
+    data = small_jpeg()
+    pil = torch.from_numpy(np.array(lazy(data).convert("RGB"))).permute(2, 0, 1)
+    # Two libjpeg builds may differ by a rounding step in the colour conversion.
+    assert (decode_rgb(data).int() - pil.int()).abs().max() <= 2
+    gray = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(gray, "PNG")
+    out = decode_rgb(gray.getvalue())
+    assert out.shape == (3, 8, 8) and out.unique().tolist() == [200]
+
+
+@pytest.mark.parametrize("data", [small_jpeg()[:100], b"\xff\xd8garbage", b"not an image"])
+def test_decode_rgb_raises_on_bad_bytes(data):
+    with pytest.raises(Exception):
+        decode_rgb(data)
+
+
+@pytest.mark.parametrize("dx,dy", [(0, 0), (2, -1), (-2, 2), (4, 4), (-4, -4), (9, 0)])
+def test_shift_is_pad_then_crop(dx, dy):
+    x = torch.randint(1, 255, (3, 8, 8), dtype=torch.uint8)
+    # Reference: zero-pad by 9 and take the window that moves the image by (dx, dy).
+    padded = torch.zeros(3, 26, 26, dtype=torch.uint8)
+    padded[:, 9:17, 9:17] = x
+    want = padded[:, 9 - dy:17 - dy, 9 - dx:17 - dx]
+    torch.testing.assert_close(shift(x, dx, dy), want)
+
+
+def test_cifar_train_shifts_and_flips_under_the_seed():
+    data = small_jpeg()
+    random.seed(5)
+    out = CifarTrain(16)(data)
+    random.seed(5)
+    dx, dy = random.randint(-2, 2), random.randint(-2, 2)
+    flipped = random.random() < 0.5
+    base = decode_rgb(data)
+    want = shift(base.flip(-1) if flipped else base, dx, dy)
+    torch.testing.assert_close(out, want)
+    assert CifarEval(16)(data).equal(base) and CifarEval(8)(data).shape == (3, 8, 8)
