@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,9 @@ class SweepTracker:
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            # A re-submission may extend the grid (more seeds): each one's spec is kept.
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            self.log_dict(run_id, spec_dict, f"config/resubmitted-{stamp}.yaml")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{self.sweep_id}",
                                      tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "sweep",

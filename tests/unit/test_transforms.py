@@ -124,3 +124,20 @@ def test_cifar_train_shifts_and_flips_under_the_seed():
     want = shift(base.flip(-1) if flipped else base, dx, dy)
     torch.testing.assert_close(out, want)
     assert CifarEval(16)(data).equal(base) and CifarEval(8)(data).shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_resized_crop_matches_pils_resize_of_the_same_box(seed):
+    data = photo()
+    random.seed(seed)
+    out = RandomResizedCrop(224)(data)
+    random.seed(seed)
+    x, y, w, h = RandomResizedCrop(224).params(500, 375)
+    flipped = random.random() < 0.5
+    img = lazy(data)
+    s = draft(img, 500 * 224 / w, 375 * 224 / h)
+    box = (int(x * s), int(y * s), round((x + w) * s), round((y + h) * s))
+    ref = torch.from_numpy(np.array(img.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR,
+                                                              box=box))).permute(2, 0, 1)
+    ref = ref.flip(-1) if flipped else ref
+    assert (out.int() - ref.int()).abs().float().mean() < 1.0
