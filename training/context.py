@@ -27,6 +27,12 @@ class NullTracker:
     def log_model(self, model, example) -> None:
         pass
 
+    def flush(self, timeout_s: float = 10.0) -> list:
+        return []
+
+    def requeue(self, points) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -57,7 +57,8 @@ class Progress:
     val_history: list[float] = field(default_factory=list)  # val top-1 after each evaluation
 
 
-def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, progress: Progress) -> str:
+def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, progress: Progress,
+                    undelivered_metrics: list | None = None) -> str:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -68,6 +69,8 @@ def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, progress
         "config": cfg.to_dict(),
         "mlflow_run_id": cfg.mlflow_run_id,
         "torch_rng": torch.get_rng_state(),
+        # Metric points the tracking server had not taken yet: sent again after a resume.
+        "undelivered_metrics": list(undelivered_metrics or []),
     }
     path = os.path.join(folder, CHECKPOINT_FILE)
     torch.save(state, path)
@@ -191,6 +194,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
         progress = Progress(state["epoch"], state["batch_in_epoch"], state["step"],
                             list(state["val_history"]))
         torch.set_rng_state(state["torch_rng"])
+        ctx.tracker.requeue(state.get("undelivered_metrics", []))
         ctx.print0(f"[{cfg.run_name}] resumed at step {progress.step} "
                    f"(epoch {progress.epoch + 1}, batch {progress.batch})")
 
@@ -269,6 +273,10 @@ def _report(ctx, metrics, model, optimizer, cfg, progress: Progress):
     if not ctx.is_main:
         ctx.report(metrics, None)
         return
+    # What was logged before this checkpoint must reach the tracking server or travel with it:
+    # a run resumed from here never logs those steps again.
+    undelivered = ctx.tracker.flush()
     with tempfile.TemporaryDirectory(prefix="depthlab-ckpt-") as folder:
-        save_checkpoint(folder, model=model, optimizer=optimizer, cfg=cfg, progress=progress)
+        save_checkpoint(folder, model=model, optimizer=optimizer, cfg=cfg, progress=progress,
+                        undelivered_metrics=undelivered)
         ctx.report(metrics, folder)

@@ -4,6 +4,12 @@ One ``log_metric`` call costs about 100 ms against a tracking server on a small 
 would be most of a CPU step. Points are queued and a background thread sends them with
 ``log_batch`` (up to 1000 metrics a call). If the server is unreachable the points stay queued
 and are retried; ``close`` waits a bounded time and reports what could not be delivered.
+
+A checkpoint is a promise that everything before it is recorded: a run resumed from it does not
+train those steps again, so a point still queued when the worker dies would never be logged.
+``flush`` (called just before each checkpoint) delivers the queue and hands back whatever the
+server did not take, for the checkpoint to carry and ``requeue`` to send after a resume. A point
+sent twice is harmless: MLflow stores a (key, step, timestamp, value) once.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ class MlflowSink:
         self._queue: queue.Queue = queue.Queue()
         self._pending: list = []
         self._stop = threading.Event()
+        self._wake = threading.Event()  # flush: send now, not at the next tick
+        self._sent = threading.Condition()  # notified after every delivery attempt
+        self._started = self._attempts = 0  # delivery attempts begun and ended
+        self._sending = threading.Lock()  # the background thread and close() both send
         self.delivered = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="mlflow-sink", daemon=True)
@@ -78,6 +88,28 @@ class MlflowSink:
         for key, value in metrics.items():
             self._queue.put(Metric(key=key, value=float(value), timestamp=now, step=int(step)))
 
+    def flush(self, timeout_s: float = 10.0) -> list[tuple]:
+        """Deliver what is queued, waiting at most ``timeout_s``; return what is still undelivered.
+
+        The answer is plain (key, value, timestamp_ms, step) tuples, which a checkpoint can
+        carry. It errs on the side of sending twice: a point in flight when the wait ends is in
+        the answer too.
+        """
+        with self._sent:
+            target = self._started + 1  # an attempt that begins after this call
+            self._wake.set()
+            self._sent.wait_for(lambda: self._attempts >= target, timeout=timeout_s)
+        waiting = list(self._queue.queue)  # the queue before the list: a point moves that way
+        return [(m.key, m.value, m.timestamp, m.step) for m in list(self._pending) + waiting]
+
+    def requeue(self, points) -> None:
+        """Send points a checkpoint carried (``flush``'s answer before the worker stopped)."""
+        from mlflow.entities import Metric
+
+        for key, value, timestamp, step in points:
+            self._queue.put(Metric(key=key, value=float(value), timestamp=int(timestamp),
+                                   step=int(step)))
+
     def _drain(self) -> None:
         while True:
             try:
@@ -86,6 +118,16 @@ class MlflowSink:
                 return
 
     def _send(self) -> bool:
+        with self._sent:
+            self._started += 1
+        with self._sending:
+            delivered = self._send_pending()
+        with self._sent:
+            self._attempts += 1
+            self._sent.notify_all()
+        return delivered
+
+    def _send_pending(self) -> bool:
         self._drain()
         while self._pending:
             batch = self._pending[:MAX_BATCH]
@@ -101,12 +143,16 @@ class MlflowSink:
         return True
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_every_s):
-            self._send()
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_every_s)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._send()
 
     def close(self) -> int:
         """Deliver what is buffered; return the number of points that could not be sent."""
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         if self._monitor is not None:
             self._monitor.finish()

@@ -7,19 +7,32 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.context import LocalCheckpoints, WorkerContext
+from training.context import LocalCheckpoints, NullTracker, WorkerContext
 from training.loop import load_checkpoint, train
 
 
-class Recorder:
+class Recorder(NullTracker):
     def __init__(self):
         self.points = []
 
     def log_metrics(self, metrics, step):
         self.points.append((step, dict(metrics)))
 
-    def close(self):
-        pass
+
+class Unreachable(NullTracker):
+    """A tracking server that takes nothing: every point logged stays undelivered."""
+
+    def __init__(self):
+        self.queued, self.requeued = [], []
+
+    def log_metrics(self, metrics, step):
+        self.queued += [(k, float(v), 0, step) for k, v in metrics.items()]
+
+    def flush(self, timeout_s=10.0):
+        return list(self.queued)
+
+    def requeue(self, points):
+        self.requeued += points
 
 
 def config(shards, **kw):
@@ -58,6 +71,23 @@ def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
     b = load_checkpoint(resumed.latest())["model"]
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_points_the_server_had_not_taken_travel_with_the_checkpoint(shards, tmp_path):
+    """A worker that dies after a checkpoint loses nothing it logged before it: the resumed
+    run never trains those steps again, so the checkpoint carries the undelivered points."""
+    saved, down = LocalCheckpoints(tmp_path / "a"), Unreachable()
+    with pytest.raises(_Stopped):
+        train(config(shards), WorkerContext(report=_StopAfter(saved, 2), tracker=down))
+    carried = load_checkpoint(saved.latest())["undelivered_metrics"]
+    assert [tuple(p) for p in carried] == down.queued  # all of them, up to the checkpoint
+    assert [step for key, _, _, step in carried if key == "val/error_top1"] == [10, 20]
+
+    back = Recorder()
+    back.requeue = lambda points: back.points.extend(("requeued", p) for p in points)
+    train(config(shards), WorkerContext(report=LocalCheckpoints(tmp_path / "b"),
+                                        restore_dir=saved.latest(), tracker=back))
+    assert [p for tag, p in back.points if tag == "requeued"] == carried
 
 
 class _StopAfter:

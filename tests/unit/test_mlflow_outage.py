@@ -2,7 +2,8 @@
 
 A real tracking server (SQLite) on a free loopback port is stopped mid-run and started again
 on the same port and database; nothing logged in between is lost, and logging never blocks the
-training loop. When the server never comes back, the loss is counted and reported.
+training loop. A checkpoint's flush is bounded while the server is down and hands back the
+undelivered points, which a resumed worker sends again without duplicating any. When the server never comes back, the loss is counted and reported.
 """
 
 from __future__ import annotations
@@ -84,10 +85,26 @@ def test_metrics_logged_while_mlflow_is_down_arrive_when_it_is_back(tmp_path, mo
         wait_until(lambda: sink.failures >= 2, 60, "the sink never tried the stopped server")
         assert sink.delivered == 10
 
+        # A checkpoint now: the flush waits a bounded time and hands back what is undelivered.
+        t0 = time.monotonic()
+        carried = sink.flush(timeout_s=2.0)
+        assert time.monotonic() - t0 < 10
+        assert sorted(step for _, _, _, step in carried) == list(range(10, 30))
+
         server = start_server(port, db, log)  # back, same port and database
+        assert sink.flush(timeout_s=60) == []  # up: a checkpoint's flush delivers everything
+        assert sink.delivered == 30
         assert sink.close() == 0
         steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
         assert sorted(steps) == list(range(30))  # nothing lost, nothing twice
+
+        # The worker died after that checkpoint; its successor sends the carried points again.
+        # Some had arrived after all: MLflow keeps one copy of a point sent twice.
+        again = MlflowSink(run_id, flush_every_s=0.5)
+        again.requeue(carried)
+        assert again.flush(timeout_s=60) == [] and again.close() == 0
+        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+        assert sorted(steps) == list(range(30))
 
         # A server that never comes back: the loss is counted and said, not silent.
         late = MlflowSink(run_id, flush_every_s=0.5, close_timeout_s=2.0)
