@@ -4,9 +4,16 @@
 #   docker build -t YOUR-REGISTRY/depthlab:latest . && docker push YOUR-REGISTRY/depthlab:latest
 FROM rayproject/ray:2.60.0-py311-cu128
 
+# A C compiler and libjpeg-turbo's headers build training/_jpegroi.c, the loader's
+# region-of-interest JPEG decoder (without them the build goes on and decodes whole images).
+RUN sudo apt-get update -qq \
+ && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libjpeg-dev \
+ && sudo rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 # Dependencies first, in their own layer: code edits do not reinstall torch.
 COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users training/_jpegroi.c training/
 RUN mkdir -p orchestrator training \
  && touch orchestrator/__init__.py training/__init__.py \
  && pip install --no-cache-dir . \

@@ -1,6 +1,6 @@
 # The two set-up-and-run commands of the README: `make demo` and `make test`.
 # Both create .venv and install the project into it; a second run skips the install while
-# pyproject.toml is unchanged (the stamp file records the install).
+# pyproject.toml and the C extension are unchanged (the stamp file records the install).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ STACK := $(PY) infra/local/stack.py
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml training/_jpegroi.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"

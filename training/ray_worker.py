@@ -14,6 +14,7 @@ import tempfile
 from training.config import TrainConfig
 from training.context import NullTracker, WorkerContext
 from training.loop import train
+from training.transforms import jpeg_decoder
 
 
 def train_func(config: dict) -> None:
@@ -47,6 +48,9 @@ def train_func(config: dict) -> None:
         from training.tracking import MlflowSink
 
         tracker = MlflowSink(cfg.mlflow_run_id, system_metrics=cfg.system_metrics)
+        # Which JPEG decoder the workers really have (a missing native build only costs speed,
+        # so nothing else would show it).
+        tracker.set_tag("depthlab.jpeg_decoder", jpeg_decoder())
     ctx = WorkerContext(rank=rank, world_size=ray_ctx.get_world_size(),
                         device=ray.train.torch.get_device(), report=report,
                         restore_dir=restore_dir, tracker=tracker, preempted=preempted)

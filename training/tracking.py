@@ -56,6 +56,12 @@ class MlflowSink:
             except Exception as exc:  # missing psutil/NVML: training goes on without them
                 log.warning("no system metrics: %s", exc)
 
+    def set_tag(self, key: str, value: str) -> None:
+        try:
+            self.client.set_tag(self.run_id, key, value)
+        except Exception as exc:  # a tag is not worth stopping the run for
+            log.warning("could not tag MLflow run %s with %s: %s", self.run_id, key, exc)
+
     def log_model(self, model, example) -> None:
         """The trained model and its signature (inputs: normalised NCHW float images)."""
         import mlflow.pytorch

@@ -1,10 +1,12 @@
 """Decoding and augmentation: the encoded image bytes in, uint8 CHW tensor(s) out.
 
 Each transform decodes the bytes itself, the way that suits its images:
-- the ImageNet recipes open the JPEG lazily with PIL and ask libjpeg for a reduced-size decode
-  (``Image.draft``: DCT scaling by 1/2, 1/4 or 1/8) whenever the pixels they keep are fewer than
-  the file holds. A 500x375 ImageNet photo that ends as a 224 crop of a 256-pixel resize decodes
-  at full size, but one whose random crop covers 600 pixels decodes at half size;
+- the ImageNet recipes crop, then resize: they decode only the box they keep (``decode_box``).
+  With the ``depthlab_jpegroi`` extension (built at install time against the system's
+  libjpeg-turbo) the decoder skips the rows above the box, works only on its columns and stops
+  at its last row; without it PIL decodes the whole image. Either way libjpeg scales the DCT by
+  1/2, 1/4 or 1/8 whenever the box holds twice the pixels the output needs, and the pixels are
+  the same (the extension's are checked bit for bit against PIL's in the tests);
 - the CIFAR recipe decodes with torchvision's libjpeg-turbo binding straight into a tensor and
   shifts and flips the tensor: on 16-32 pixel images PIL's per-image overhead cost more than
   the decode (16x16 JPEGs: 17,000 against 6,600 decodes/s, `bench/small_images.py`).
@@ -36,6 +38,13 @@ try:  # deprecated in torchvision 0.29 in favour of TorchCodec: PIL takes over o
 except ImportError:  # pragma: no cover
     decode_jpeg = None
 
+try:  # training/_jpegroi.c, an optional extension (see pyproject.toml). A top-level module:
+    # a Ray job's working_dir copy of `training/` leaves out built files (they are
+    # git-ignored), so the workers find it where the project was installed.
+    import depthlab_jpegroi as _jpegroi
+except ImportError:  # pragma: no cover - a build without libjpeg's headers
+    _jpegroi = None
+
 AUGMENTS = ("cifar", "imagenet", "imagenet_paper")
 
 # Per-channel statistics of ImageNet, in 0..255; used for every dataset (the papers subtract a
@@ -50,6 +59,13 @@ _EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                     [-0.5836, -0.6948, 0.4203]])
 
 
+def jpeg_decoder() -> str:
+    """What decodes the ImageNet recipes' JPEGs in this process."""
+    if _jpegroi is None:
+        return "PIL (whole images; depthlab_jpegroi not built)"
+    return "depthlab_jpegroi (libjpeg-turbo, region of interest)"
+
+
 def open_image(data: bytes) -> Image.Image:
     """A lazily opened PIL image: nothing is decoded until a transform asks for pixels."""
     return Image.open(io.BytesIO(data))
@@ -60,7 +76,7 @@ def decode_rgb(data: bytes) -> torch.Tensor:
 
     Raises on a corrupt or truncated file, like PIL; the loader skips and counts those.
     """
-    if decode_jpeg is not None and data[:2] == b"\xff\xd8":
+    if decode_jpeg is not None and is_jpeg(data):
         # bytearray: torch wants a writable buffer (a few microseconds for a small JPEG).
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                            mode=ImageReadMode.RGB)
@@ -85,8 +101,46 @@ def draft(image: Image.Image, min_w: float, min_h: float) -> float:
     return image.size[0] / w
 
 
-def _flip(image: Image.Image) -> Image.Image:
-    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if random.random() < 0.5 else image
+def is_jpeg(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8"
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    if _jpegroi is not None and is_jpeg(data):
+        return _jpegroi.size(data)
+    return open_image(data).size
+
+
+def dct_scale(width: int, height: int, box_w: float, box_h: float, keep: int) -> int:
+    """The JPEG decode denominator (1, 2, 4 or 8) that keeps at least ``keep`` pixels across a
+    ``box_w x box_h`` box: the one PIL's ``Image.draft`` picks for the same request."""
+    need_w, need_h = max(1, math.ceil(width * keep / box_w)), max(1, math.ceil(height * keep / box_h))
+    scale = min(width // need_w, height // need_h)
+    return next((d for d in (8, 4, 2) if scale >= d), 1)
+
+
+def decode_box(data: bytes, whole: tuple[int, int], box: tuple[float, float, float, float],
+               keep: int) -> torch.Tensor:
+    """CHW uint8 pixels of ``box`` = (x, y, w, h) of the ``whole`` = (width, height) image,
+    decoded at the smallest JPEG scale that keeps ``keep`` pixels across it (so the box comes
+    back up to 2x larger than ``keep``, never smaller unless the image is). Raises on a corrupt
+    or truncated file."""
+    (width, height), (x, y, w, h) = whole, box
+    denom = dct_scale(width, height, w, h, keep) if is_jpeg(data) else 1
+    x0, y0 = int(x / denom), int(y / denom)
+    x1, y1 = max(x0 + 1, round((x + w) / denom)), max(y0 + 1, round((y + h) / denom))
+    if _jpegroi is not None and is_jpeg(data):
+        try:
+            pixels, w1, h1 = _jpegroi.decode(data, x0, y0, x1, y1, denom)
+            return torch.frombuffer(pixels, dtype=torch.uint8).view(h1, w1, 3).permute(2, 0, 1)
+        except NotImplementedError:  # CMYK: PIL converts it
+            pass
+    image = open_image(data)
+    if denom > 1:
+        # Asking for exactly W/d x H/d (rounded down) makes PIL pick d itself.
+        image.draft("RGB", (width // denom, height // denom))
+    return to_tensor(image)[:, y0:y1, x0:x1]
 
 
 def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -155,14 +209,8 @@ class RandomResizedCrop:
         return (width - side) / 2, (height - side) / 2, side, side
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        image = open_image(data)
-        width, height = image.size
-        x, y, w, h = self.params(width, height)
-        s = draft(image, width * self.size / w, height * self.size / h)
-        pixels = to_tensor(image)  # the decode (at the draft scale)
-        x0, y0 = int(x * s), int(y * s)
-        x1, y1 = max(x0 + 1, round((x + w) * s)), max(y0 + 1, round((y + h) * s))
-        out = _resized(pixels[:, y0:y1, x0:x1], self.size)
+        whole = image_size(data)
+        out = _resized(decode_box(data, whole, self.params(*whole), self.size), self.size)
         return out.flip(-1) if random.random() < 0.5 else out
 
 
@@ -187,18 +235,22 @@ class PaperScaleAugment:
         self.lighting = Lighting()
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        image = open_image(data)
-        target = random.randint(*self.range)
-        width, height = image.size
-        k = target / min(width, height)
-        draft(image, width * k, height * k)
-        image = image.convert("RGB")
-        w, h = max(self.size, round(image.size[0] * target / min(image.size))), \
-            max(self.size, round(image.size[1] * target / min(image.size)))
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
+        width, height = image_size(data)
+        w, h = resized_to_shorter(width, height, random.randint(*self.range), self.size)
         x, y = random.randint(0, w - self.size), random.randint(0, h - self.size)
-        crop = _flip(image.crop((x, y, x + self.size, y + self.size)))
-        return self.lighting(to_tensor(crop))
+        # That crop of the resized image is this box of the original: only it is decoded.
+        box = (x * width / w, y * height / h, self.size * width / w, self.size * height / h)
+        out = _resized(decode_box(data, (width, height), box, self.size), self.size)
+        if random.random() < 0.5:
+            out = out.flip(-1)
+        return self.lighting(out)
+
+
+def resized_to_shorter(width: int, height: int, shorter: int, at_least: int) -> tuple[int, int]:
+    """The size of a ``width x height`` image resized so that its shorter side is ``shorter``
+    (each side at least ``at_least``, the crop to come)."""
+    k = shorter / min(width, height)
+    return max(at_least, round(width * k)), max(at_least, round(height * k))
 
 
 class ResizeCenterCrop:
@@ -210,6 +262,13 @@ class ResizeCenterCrop:
         self.size, self.crops, self.resize = size, crops, round(size * 256 / 224)
 
     def __call__(self, data: bytes) -> torch.Tensor:
+        s = self.size
+        if self.crops == 1:  # crop first: only the center box is decoded and resized
+            width, height = image_size(data)
+            w, h = resized_to_shorter(width, height, self.resize, self.resize)
+            x, y = (w - s) // 2, (h - s) // 2
+            box = (x * width / w, y * height / h, s * width / w, s * height / h)
+            return _resized(decode_box(data, (width, height), box, s), s)
         image = open_image(data)
         width, height = image.size
         k = self.resize / min(width, height)
@@ -218,10 +277,7 @@ class ResizeCenterCrop:
         k = self.resize / min(image.size)
         w, h = max(self.resize, round(image.size[0] * k)), max(self.resize, round(image.size[1] * k))
         image = image.resize((w, h), Image.Resampling.BILINEAR)
-        s = self.size
         center = ((w - s) // 2, (h - s) // 2)
-        if self.crops == 1:
-            return to_tensor(image.crop((*center, center[0] + s, center[1] + s)))
         corners = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
         crops = [image.crop((x, y, x + s, y + s)) for x, y in corners]
         crops += [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]

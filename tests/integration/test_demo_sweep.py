@@ -88,6 +88,8 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
             assert key in child.data.params
         assert child.data.params["num_workers"] == "2" and child.data.params["shortcut"] == "A"
         assert child.data.params["model_params"] == "75290"  # CIFAR net of depth 8, 10 classes
+        # The native decoder is found from a job's working_dir copy, which leaves built files out.
+        assert child.data.tags["depthlab.jpeg_decoder"].startswith("depthlab_jpegroi"), child.data.tags
         for key in ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
                     "throughput/images_per_sec"):
             assert key in child.data.metrics, key
