@@ -52,14 +52,16 @@ def make_images(root: Path, n: int, classes: int = 10) -> None:
         Image.fromarray(img).save(folder / f"c{k:03d}_{i}.JPEG", quality=90)
 
 
-def timed(fn, repeats: int) -> float:
-    """Best images/s of ``repeats`` runs (the least disturbed by the rest of the machine)."""
-    rates = []
+def timed(paths: dict, repeats: int) -> dict[str, float]:
+    """Best images/s of each path over ``repeats`` rounds, each round running every path once:
+    interleaved, so that a slow spell of this shared machine hits all paths alike."""
+    rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t))
-    return max(rates)
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - t))
+    return {name: max(r) for name, r in rates.items()}
 
 
 def bare_decode_pil(files: list[bytes]) -> int:
@@ -152,14 +154,15 @@ def main() -> int:
             bare = {"bare_decode_pil": bare_decode_pil, "bare_decode_torchvision": bare_decode_torchvision}
             if transforms._jpegroi is not None:
                 bare["bare_decode_depthlab_whole"] = bare_decode_roi_whole
-            r = {name: timed(lambda fn=fn: fn(files), args.repeats) for name, fn in bare.items()}
-            r |= {
-                "a_imagefolder_pil": timed(lambda: imagefolder(root), args.repeats),
-                "b_shards_local": timed(lambda: shards(local), args.repeats),
-                "c_shards_s3": timed(lambda: shards("s3://bench/shards"), args.repeats),
-                "paper_scale_augment_local": timed(lambda: shards(local, "imagenet_paper"), args.repeats),
-                "eval_center_crop_local": timed(lambda: shards(local, "imagenet", train=False), args.repeats),
+            paths = {name: (lambda fn=fn: fn(files)) for name, fn in bare.items()}
+            paths |= {
+                "a_imagefolder_pil": lambda: imagefolder(root),
+                "b_shards_local": lambda: shards(local),
+                "c_shards_s3": lambda: shards("s3://bench/shards"),
+                "paper_scale_augment_local": lambda: shards(local, "imagenet_paper"),
+                "eval_center_crop_local": lambda: shards(local, "imagenet", train=False),
             }
+            r = timed(paths, args.repeats)
         finally:
             s3.terminate()
             s3.wait(timeout=10)
@@ -180,7 +183,7 @@ def main() -> int:
     lines = ["# Loader throughput (images/s on one core)", "",
              f"`{' '.join(['.venv/bin/python', 'bench/loader.py'] + sys.argv[1:])}` on "
              f"{result['machine']}, {result['date']}; {args.images} JPEGs of 500x375, 224 crops, "
-             f"best of {args.repeats}. Region-of-interest decoding: "
+             f"best of {args.repeats} interleaved rounds. Region-of-interest decoding: "
              f"{'on' if result['roi_decode'] else 'off (training/_jpegroi.c not built)'}; "
              f"baseline: {fastest}.", "", "| path | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r.items()]

@@ -282,10 +282,14 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _collate(images, labels, skipped):
         if not images:
             return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
-        # The transforms' CHW tensors are views of HWC pixels: stacking those contiguous HWC
-        # blocks is a plain copy, and the NCHW view of the result is channels_last in memory,
-        # the layout the model wants.
-        batch = torch.stack([im.movedim(-3, -1) for im in images]).movedim(-1, -3)
+        # Stacking is a plain copy only when the images are laid out alike: CHW in memory (the
+        # ImageNet recipes' resized crops), or HWC seen as CHW (CIFAR's shifted images), which
+        # stack into a channels_last batch. Anything else costs a strided gather (0.4 ms per
+        # 224 image on one core, as much as the resize).
+        if all(im.is_contiguous() for im in images):
+            batch = torch.stack(images)
+        else:
+            batch = torch.stack([im.movedim(-3, -1) for im in images]).movedim(-1, -3)
         return batch, torch.tensor(labels, dtype=torch.long), skipped
 
 
