@@ -1,6 +1,6 @@
 """Loader throughput: images/s per core of decode + augment, measured in one run.
 
-    .venv/bin/python bench/loader.py [--images 600] [--repeats 3] [--out bench/results]
+    .venv/bin/python bench/loader.py [--images 1200] [--repeats 3] [--out bench/results]
 
 Generates ImageNet-sized JPEGs (500x375, like a typical ImageNet photo), writes them as an
 ImageFolder, as local shards and as shards on a moto S3 server started on a free loopback port,
@@ -126,7 +126,7 @@ def start_s3():
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=600)
+    p.add_argument("--images", type=int, default=1200)  # 12 shards: start-up costs amortised
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args()
