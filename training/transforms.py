@@ -106,9 +106,14 @@ def is_jpeg(data: bytes) -> bool:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header alone."""
+    """(width, height) from the header alone. Refuses what PIL refuses as a decompression bomb
+    (over twice ``Image.MAX_IMAGE_PIXELS``), whichever decoder is used."""
     if _jpegroi is not None and is_jpeg(data):
-        return _jpegroi.size(data)
+        width, height = _jpegroi.size(data)
+        if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(
+                f"{width}x{height} pixels: over twice the limit of {Image.MAX_IMAGE_PIXELS}")
+        return width, height
     return open_image(data).size
 
 

@@ -130,3 +130,12 @@ def test_transforms_give_the_same_tensors_without_the_extension(make, monkeypatc
         np.random.seed(7)
         outs.append(torch.stack([t(data) for _ in range(5)]))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_a_decompression_bomb_is_refused_as_pil_refuses_it(monkeypatch):
+    data = textured(64, 48)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for ext in (transforms._jpegroi, None):
+        monkeypatch.setattr(transforms, "_jpegroi", ext)
+        with pytest.raises(Image.DecompressionBombError):
+            RandomResizedCrop(16)(data)
