@@ -67,6 +67,39 @@ def test_paper_scale_augment_is_reproducible_under_a_seed():
     torch.testing.assert_close(run(), run())
 
 
+def resize_then_crop(data, shorter, x, y, size):
+    """The recipes' reference: PIL resizes the whole image, then crops."""
+    img = lazy(data).convert("RGB")
+    k = shorter / min(img.size)
+    w, h = max(size, round(img.size[0] * k)), max(size, round(img.size[1] * k))
+    crop = img.resize((w, h), Image.Resampling.BILINEAR).crop((x, y, x + size, y + size))
+    return torch.from_numpy(np.array(crop)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paper_scale_augment_crops_the_resized_image(seed, monkeypatch):
+    """Cropping first, then resizing only the box, gives the crop of the resized image."""
+    t = PaperScaleAugment(224)
+    monkeypatch.setattr(t, "lighting", lambda x: x)
+    data = photo()
+    random.seed(seed)
+    out = t(data)
+    random.seed(seed)
+    shorter = random.randint(*t.range)
+    k = shorter / 375
+    w, h = round(500 * k), round(375 * k)
+    x, y = random.randint(0, w - 224), random.randint(0, h - 224)
+    ref = resize_then_crop(data, shorter, x, y, 224)
+    ref = ref.flip(-1) if random.random() < 0.5 else ref
+    assert (out.int() - ref.int()).abs().float().mean() < 1.5
+
+
+def test_center_crop_is_the_crop_of_the_resized_image():
+    data = photo()
+    ref = resize_then_crop(data, 256, (341 - 224) // 2, (256 - 224) // 2, 224)
+    assert (ResizeCenterCrop(224)(data).int() - ref.int()).abs().float().mean() < 1.5
+
+
 def test_build_transform_rejects_unknown_recipes():
     with pytest.raises(ValueError, match="cifar, imagenet, imagenet_paper"):
         build_transform("autoaugment", 224, train=True)
