@@ -54,11 +54,11 @@ def s3_client():
     """The process's boto3 S3 client, with retries and backoff.
 
     One for all threads (boto3's clients are thread-safe; making one costs 0.2-0.4 s of CPU,
-    which a loader's prefetch thread, new every epoch, paid each time). Keyed by process
-    (DataLoader workers fork), endpoint (tests point it at a proxy) and read timeout.
+    which a loader's prefetch thread, new every epoch, paid each time). Keyed by endpoint
+    (tests point it at a proxy) and read timeout; a forked process starts with none.
     """
     read_timeout = float(os.environ.get("DEPTHLAB_S3_READ_TIMEOUT", "60"))
-    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL"), read_timeout)
+    key = (os.environ.get("AWS_ENDPOINT_URL"), read_timeout)
     with _client_lock:
         client = _clients.get(key)
         if client is None:

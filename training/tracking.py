@@ -40,7 +40,6 @@ class MlflowSink:
         self._wake = threading.Event()  # flush: send now, not at the next tick
         self._sent = threading.Condition()  # notified after every delivery attempt
         self._started = self._attempts = 0  # delivery attempts begun and ended
-        self._sending = threading.Lock()  # the background thread and close() both send
         self.delivered = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="mlflow-sink", daemon=True)
@@ -124,10 +123,10 @@ class MlflowSink:
                 return
 
     def _send(self) -> bool:
+        # Only the background thread sends, and close() once it has stopped.
         with self._sent:
             self._started += 1
-        with self._sending:
-            delivered = self._send_pending()
+        delivered = self._send_pending()
         with self._sent:
             self._attempts += 1
             self._sent.notify_all()
