@@ -90,17 +90,6 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
-def draft(image: Image.Image, min_w: float, min_h: float) -> float:
-    """Ask for the smallest JPEG decode scale keeping at least ``min_w x min_h`` pixels.
-
-    Returns the scale obtained (1, 1/2, 1/4 or 1/8); non-JPEG images stay at full size.
-    """
-    w = image.size[0]
-    if image.format == "JPEG":
-        image.draft("RGB", (max(1, math.ceil(min_w)), max(1, math.ceil(min_h))))
-    return image.size[0] / w
-
-
 def is_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8"
 
@@ -148,17 +137,14 @@ def decode_box(data: bytes, whole: tuple[int, int], box: tuple[float, float, flo
     return to_tensor(image)[:, y0:y1, x0:x1]
 
 
-def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
-    """A CHW uint8 image at ``size x size`` (bilinear, antialiased when shrinking).
-
-    torch's uint8 antialiased bilinear is vectorised for channels_last images (the layout of
-    ``to_tensor``'s views): 0.6 ms per 224 crop of a 500x375 photo on one core, against 1.0 ms
-    for PIL's resize of the same box.
-    """
-    if x.shape[-2:] == (size, size):
+def _resized(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """A CHW uint8 image at ``size x size`` (or ``(height, width)``): bilinear, antialiased
+    when shrinking. torch's uint8 kernel is vectorised; its cost per 224 crop is in
+    `bench/results/loader.md` ("resize")."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == hw:
         return x
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0]
+    return F.interpolate(x[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -274,19 +260,16 @@ class ResizeCenterCrop:
             x, y = (w - s) // 2, (h - s) // 2
             box = (x * width / w, y * height / h, s * width / w, s * height / h)
             return _resized(decode_box(data, (width, height), box, s), s)
-        image = open_image(data)
-        width, height = image.size
-        k = self.resize / min(width, height)
-        draft(image, width * k, height * k)
-        image = image.convert("RGB")
-        k = self.resize / min(image.size)
-        w, h = max(self.resize, round(image.size[0] * k)), max(self.resize, round(image.size[1] * k))
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
+        # The paper's 10 crops cover the whole resized image: decode it all (at the DCT scale
+        # that keeps the shorter side at least self.resize), resize, cut.
+        width, height = image_size(data)
+        w, h = resized_to_shorter(width, height, self.resize, self.resize)
+        image = _resized(decode_box(data, (width, height), (0, 0, width, height), self.resize),
+                         (h, w))
         center = ((w - s) // 2, (h - s) // 2)
         corners = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
-        crops = [image.crop((x, y, x + s, y + s)) for x, y in corners]
-        crops += [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
-        return torch.stack([to_tensor(c) for c in crops])
+        crops = [image[:, y:y + s, x:x + s] for x, y in corners]
+        return torch.stack(crops + [c.flip(-1) for c in crops])
 
 
 def build_transform(augment: str, image_size: int, *, train: bool, eval_crops: int = 1):

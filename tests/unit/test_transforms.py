@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from training.transforms import (CifarEval, CifarTrain, PaperScaleAugment, RandomResizedCrop,
-                                 ResizeCenterCrop, build_transform, decode_rgb, draft,
+                                 ResizeCenterCrop, build_transform, dct_scale, decode_rgb,
                                  normalize, shift)
 
 
@@ -24,15 +24,6 @@ def photo(w=500, h=375, fmt="JPEG") -> bytes:
 
 def lazy(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
-
-
-def test_draft_decodes_at_reduced_size_only_when_allowed():
-    img = lazy(photo())
-    assert draft(img, 120, 90) == 0.25 and img.size == (125, 94)
-    img = lazy(photo())
-    assert draft(img, 400, 300) == 1.0 and img.size == (500, 375)
-    png = lazy(photo(fmt="PNG"))
-    assert draft(png, 50, 50) == 1.0
 
 
 @pytest.mark.parametrize("t", [RandomResizedCrop(224), PaperScaleAugment(224),
@@ -56,6 +47,11 @@ def test_ten_crop_stacks_corners_center_and_mirrors():
     assert out.shape == (10, 3, 224, 224)
     torch.testing.assert_close(out[5], out[0].flip(-1))
     assert out[0][0].float().mean() < out[1][0].float().mean()  # left corner redder less
+    data = photo()
+    out = ResizeCenterCrop(224, crops=10)(data)
+    for i, (x, y) in enumerate([(0, 0), (341 - 224, 0), (0, 256 - 224), (341 - 224, 256 - 224)]):
+        assert (out[i].int() - resize_then_crop(data, 256, x, y, 224).int()).abs().float().mean() < 1.5
+    assert (out[4].int() - ResizeCenterCrop(224)(data).int()).abs().float().mean() < 1.5
 
 
 def test_paper_scale_augment_is_reproducible_under_a_seed():
@@ -168,7 +164,9 @@ def test_random_resized_crop_matches_pils_resize_of_the_same_box(seed):
     x, y, w, h = RandomResizedCrop(224).params(500, 375)
     flipped = random.random() < 0.5
     img = lazy(data)
-    s = draft(img, 500 * 224 / w, 375 * 224 / h)
+    denom = dct_scale(500, 375, w, h, 224)
+    img.draft("RGB", (500 // denom, 375 // denom))
+    s = 1 / denom
     box = (int(x * s), int(y * s), round((x + w) * s), round((y + h) * s))
     ref = torch.from_numpy(np.array(img.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR,
                                                               box=box))).permute(2, 0, 1)
