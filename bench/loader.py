@@ -19,10 +19,7 @@ Targets: (c) within 10% of (b); (b) at 80% or more of the fastest bare decode ra
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -38,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from common import command, decode_pil, decode_torchvision, machine, timed, write_results  # noqa: E402
 from orchestrator.demo_data import SHAPES, render  # noqa: E402
 from orchestrator.shards import build_split  # noqa: E402
 
@@ -50,32 +48,6 @@ def make_images(root: Path, n: int, classes: int = 10) -> None:
         folder = root / "train" / f"c{k:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / f"c{k:03d}_{i}.JPEG", quality=90)
-
-
-def timed(paths: dict, repeats: int) -> dict[str, float]:
-    """Best images/s of each path over ``repeats`` rounds, each round running every path once:
-    interleaved, so that a slow spell of this shared machine hits all paths alike."""
-    rates: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(repeats):
-        for name, fn in paths.items():
-            t = time.perf_counter()
-            n = fn()
-            rates[name].append(n / (time.perf_counter() - t))
-    return {name: max(r) for name, r in rates.items()}
-
-
-def bare_decode_pil(files: list[bytes]) -> int:
-    for data in files:
-        Image.open(io.BytesIO(data)).convert("RGB").load()
-    return len(files)
-
-
-def bare_decode_torchvision(files: list[bytes]) -> int:
-    from torchvision.io import decode_jpeg
-
-    for data in files:
-        decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    return len(files)
 
 
 def bare_decode_roi_whole(files: list[bytes]) -> int:
@@ -157,6 +129,31 @@ def region_costs(files: list[bytes], repeats: int) -> dict[str, float]:
     return {name: 1000 / rate for name, rate in rates.items()}
 
 
+def crop_stages(files: list[bytes], repeats: int) -> dict[str, float]:
+    """ms per image of RandomResizedCrop's two stages on the same draws: decoding the crop's
+    region, and resizing it to 224."""
+    from training.transforms import RandomResizedCrop, _resized, decode_box, image_size
+
+    rrc, rng_state = RandomResizedCrop(224), random.getstate()
+    random.seed(0)
+    boxes = [rrc.params(*image_size(data)) for data in files]
+    random.setstate(rng_state)
+    regions = [decode_box(data, image_size(data), box, 224) for data, box in zip(files, boxes)]
+
+    def decode() -> int:
+        for data, box in zip(files, boxes):
+            decode_box(data, image_size(data), box, 224)
+        return len(files)
+
+    def resize() -> int:
+        for region in regions:
+            _resized(region, 224)
+        return len(files)
+
+    rates = timed({"decode the crop's region": decode, "resize it to 224": resize}, repeats)
+    return {name: 1000 / rate for name, rate in rates.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1200)  # 12 shards: start-up costs amortised
@@ -184,7 +181,7 @@ def main() -> int:
             build_split(root, "s3://bench/shards", "train", shard_size=100, workers=2)
             from training import transforms
 
-            bare = {"bare_decode_pil": bare_decode_pil, "bare_decode_torchvision": bare_decode_torchvision}
+            bare = {"bare_decode_pil": decode_pil, "bare_decode_torchvision": decode_torchvision}
             if transforms._jpegroi is not None:
                 bare["bare_decode_depthlab_whole"] = bare_decode_roi_whole
             steady: dict[str, list[float]] = {"local": [], "s3": []}
@@ -198,6 +195,7 @@ def main() -> int:
             }
             r = timed(paths, args.repeats)
             regions = region_costs(files, args.repeats) if transforms._jpegroi is not None else {}
+            stages = crop_stages(files, args.repeats)
         finally:
             s3.terminate()
             s3.wait(timeout=10)
@@ -209,16 +207,13 @@ def main() -> int:
     result = {"images": args.images, "image_size": "500x375 JPEG q90", "crop": 224,
               "threads": 1, "repeats": args.repeats, "images_per_sec": r, "ratios": ratios,
               "baseline": fastest, "roi_decode": transforms._jpegroi is not None,
-              "region_decode_ms": regions,
+              "region_decode_ms": regions, "random_resized_crop_stage_ms": stages,
               "targets_met": {"s3_within_10pct": ratios["s3_over_local"] >= 0.9,
                               "augmented_at_least_80pct_of_decode":
                                   ratios["augmented_over_bare_decode"] >= 0.8},
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-                         f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loader.json").write_text(json.dumps(result, indent=1))
+              "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     lines = ["# Loader throughput (images/s on one core)", "",
-             f"`{' '.join(['.venv/bin/python', 'bench/loader.py'] + sys.argv[1:])}` on "
+             f"`{command('bench/loader.py')}` on "
              f"{result['machine']}, {result['date']}; {args.images} JPEGs of 500x375, 224 crops, "
              f"best of {args.repeats} interleaved rounds. Region-of-interest decoding: "
              f"{'on' if result['roi_decode'] else 'off (training/_jpegroi.c not built)'}; "
@@ -230,13 +225,15 @@ def main() -> int:
               f"{ratios['s3_over_local_after_first_batch']:.2f} | - |",
               f"| augmented (b) / fastest bare decode | {ratios['augmented_over_bare_decode']:.2f} | >= 0.80 |",
               f"| local shards (b) / ImageFolder (a) | {ratios['local_over_imagefolder']:.2f} | - |"]
+    lines += ["", "RandomResizedCrop(224) per image, in stages (ms, the same crops):", "",
+              "| stage | ms |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in stages.items()]
     if regions:
         lines += ["", "What a region costs (ms per image, depthlab's decoder): the rows above a box",
                   "still need their entropy decoding, the columns beside it too; the rows below",
                   "are never read.", "", "| region | ms |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in regions.items()]
-    (args.out / "loader.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "loader", result, lines)
     return 0
 
 

@@ -7,8 +7,8 @@ local shards, then times one training epoch's data pass on one thread (images/s)
 - depthlab: ``training.data.build_loader`` with the ``cifar`` recipe (pad 2, crop, flip), batch 128;
 - stock webdataset: ``webdataset.WebDataset`` over the same shards, PIL decode, torchvision's
   RandomCrop(16, padding=2) + RandomHorizontalFlip, batch 128: what one writes with stock tools;
-and the per-image JPEG decode alone: PIL (``Image.open(...).convert("RGB")`` to an array) and
-torchvision's ``decode_jpeg`` (what ``training.transforms.decode_rgb`` uses).
+and the per-image JPEG decode alone: PIL (``Image.open(...).convert("RGB")``) and torchvision's
+``decode_jpeg`` (what ``training.transforms.decode_rgb`` uses).
 On images this small the per-sample overhead of tar parsing and PIL, not the pixels, sets the
 rate: that is what depthlab's tar reader and tensor transforms remove.
 """
@@ -16,10 +16,7 @@ rate: that is what depthlab's tar reader and tensor transforms remove.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,21 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from common import command, decode_pil, decode_torchvision, machine, timed, write_results  # noqa: E402
 from orchestrator.demo_data import generate  # noqa: E402
 from orchestrator.shards import build_split  # noqa: E402
-
-
-def best_rate(fn, repeats: int) -> float:
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t))
-    return max(rates)
 
 
 def depthlab_epoch(url: str) -> int:
@@ -62,20 +49,6 @@ def webdataset_epoch(url: str, shards: list[str]) -> int:
     return sum(len(y) for _, y in ds)
 
 
-def decode_pil(files: list[bytes]) -> int:
-    for data in files:
-        np.array(Image.open(io.BytesIO(data)).convert("RGB"))
-    return len(files)
-
-
-def decode_torchvision(files: list[bytes]) -> int:
-    from training.transforms import decode_rgb
-
-    for data in files:
-        decode_rgb(data)
-    return len(files)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-class", type=int, default=400)
@@ -90,31 +63,26 @@ def main() -> int:
         build_split(images, url, "train", workers=2)
         shards = json.loads((Path(url) / "train" / "manifest.json").read_text())["shards"]
         files = [f.read_bytes() for f in sorted((images / "train").rglob("*.JPEG"))]
-        r = {
-            "depthlab_loader": best_rate(lambda: depthlab_epoch(url), args.repeats),
-            "stock_webdataset": best_rate(lambda: webdataset_epoch(url, [s["name"] for s in shards]),
-                                          args.repeats),
-            "decode_pil": best_rate(lambda: decode_pil(files), args.repeats),
-            "decode_torchvision": best_rate(lambda: decode_torchvision(files), args.repeats),
-        }
+        r = timed({
+            "depthlab_loader": lambda: depthlab_epoch(url),
+            "stock_webdataset": lambda: webdataset_epoch(url, [s["name"] for s in shards]),
+            "decode_pil": lambda: decode_pil(files),
+            "decode_torchvision": lambda: decode_torchvision(files),
+        }, args.repeats)
     ratios = {"depthlab_over_webdataset": r["depthlab_loader"] / r["stock_webdataset"],
               "torchvision_over_pil_decode": r["decode_torchvision"] / r["decode_pil"]}
     result = {"images": len(files), "image_size": "16x16 JPEG q90", "threads": 1,
               "repeats": args.repeats, "images_per_sec": r, "ratios": ratios,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-                         f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "small_images.json").write_text(json.dumps(result, indent=1))
+              "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     lines = ["# Loader throughput on 16x16 images (images/s on one core)", "",
-             f"`{' '.join(['.venv/bin/python', 'bench/small_images.py'] + sys.argv[1:])}` on "
+             f"`{command('bench/small_images.py')}` on "
              f"{result['machine']}, {result['date']}; {len(files)} JPEGs of 16x16 (the CPU study's "
-             f"data), batch 128, best of {args.repeats}.", "", "| path | images/s |", "|---|---|"]
+             f"data), batch 128, best of {args.repeats} interleaved rounds.", "", "| path | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r.items()]
     lines += ["", "| ratio | value |", "|---|---|",
               f"| depthlab loader / stock webdataset | {ratios['depthlab_over_webdataset']:.2f} |",
               f"| torchvision decode / PIL decode | {ratios['torchvision_over_pil_decode']:.2f} |"]
-    (args.out / "small_images.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "small_images", result, lines)
     return 0
 
 

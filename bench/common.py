@@ -1,0 +1,62 @@
+"""What the benchmarks share: interleaved timing, the decoders they compare against, and the
+results files (JSON for machines, Markdown with the command that made them for people)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def timed(paths: dict, repeats: int) -> dict[str, float]:
+    """Best rate (items/s) of each path over ``repeats`` rounds, each round running every path
+    once: interleaved, so that a slow spell of this shared machine hits all paths alike. A path
+    is a function returning how many items it processed."""
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            n = fn()
+            rates[name].append(n / (time.perf_counter() - t))
+    return {name: max(r) for name, r in rates.items()}
+
+
+def decode_pil(files: list[bytes]) -> int:
+    """Decode only: ``Image.open(...).convert("RGB")``, pixels loaded."""
+    for data in files:
+        Image.open(io.BytesIO(data)).convert("RGB").load()
+    return len(files)
+
+
+def decode_torchvision(files: list[bytes]) -> int:
+    """Decode only: torchvision's libjpeg-turbo binding into a tensor."""
+    from torchvision.io import decode_jpeg
+
+    for data in files:
+        decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return len(files)
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def command(script: str) -> str:
+    """The command line that ran this benchmark, for its results file."""
+    return " ".join([".venv/bin/python", script] + sys.argv[1:])
+
+
+def write_results(out: Path, name: str, result: dict, lines: list[str]) -> None:
+    """``out/name.json`` and ``out/name.md``, and the Markdown printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
