@@ -15,17 +15,32 @@ import torch
 from PIL import Image
 
 
-def timed(paths: dict, repeats: int) -> dict[str, float]:
-    """Best rate (items/s) of each path over ``repeats`` rounds, each round running every path
-    once: interleaved, so that a slow spell of this shared machine hits all paths alike. A path
-    is a function returning how many items it processed."""
+def rounds(paths: dict, repeats: int) -> dict[str, list[float]]:
+    """The rate (items/s) of each path in each of ``repeats`` rounds, each round running every
+    path once: interleaved, so that a slow spell of this shared machine hits all paths alike. A
+    path is a function returning how many items it processed."""
     rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():
             t = time.perf_counter()
             n = fn()
             rates[name].append(n / (time.perf_counter() - t))
-    return {name: max(r) for name, r in rates.items()}
+    return rates
+
+
+def timed(paths: dict, repeats: int) -> dict[str, float]:
+    """Best rate of each path over interleaved ``rounds``."""
+    return {name: max(r) for name, r in rounds(paths, repeats).items()}
+
+
+def paired_ratio(a: list[float], b: list[float]) -> dict[str, float]:
+    """``a / b`` round by round: median, lowest and highest. Two paths run seconds apart in the
+    same round share that moment's speed of the machine, which drifts by 20-30% over minutes
+    here; a ratio of each path's best rate pairs figures from different moments instead."""
+    r = sorted(x / y for x, y in zip(a, b))
+    mid = len(r) // 2
+    median = r[mid] if len(r) % 2 else (r[mid - 1] + r[mid]) / 2
+    return {"median": median, "low": r[0], "high": r[-1]}
 
 
 def decode_pil(files: list[bytes]) -> int:

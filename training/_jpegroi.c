@@ -45,22 +45,23 @@ static void on_message(j_common_ptr cinfo, int level)
         on_error(cinfo);
 }
 
+/* Where the pixels go: the caller's buffer of at least `size` bytes, or NULL if it has none. */
+typedef unsigned char *(*allocator)(void *context, size_t size);
+
 struct region {
-    unsigned char *pixels; /* height rows of width RGB pixels */
-    unsigned int width, height;
+    unsigned int width, height; /* the pixels: height rows of width RGB pixels */
     char message[JMSG_LENGTH_MAX];
 };
 
 /* Decode rows [top, bottom) and columns [left, right) of the image scaled by 1/denom (in scaled
- * pixels, clipped to the scaled image). Runs without the GIL: no Python calls in here. */
+ * pixels, clipped to the scaled image) into a buffer from `alloc`, packed at its start. Runs
+ * without the GIL: no Python calls in here except through `alloc`. */
 static int decode_region(const unsigned char *data, size_t size, unsigned int left, unsigned int top,
                          unsigned int right, unsigned int bottom, unsigned int denom,
-                         struct region *out)
+                         allocator alloc, void *context, struct region *out)
 {
     struct jpeg_decompress_struct cinfo;
     struct guard err;
-    unsigned char *volatile pixels = NULL;
-    unsigned char *volatile row = NULL;
     volatile int status = BAD_FILE;
 
     memset(&cinfo, 0, sizeof cinfo); /* destroy() is safe even if create() failed */
@@ -98,32 +99,56 @@ static int decode_region(const unsigned char *data, size_t size, unsigned int le
     JDIMENSION x = left > 0 ? left - 1 : 0;
     JDIMENSION width = (right < cinfo.output_width ? right + 1 : right) - x;
     jpeg_crop_scanline(&cinfo, &x, &width);
+    /* libjpeg writes whole cropped rows (`stride` bytes, the margins included) straight into
+     * the caller's buffer, several rows a call; the margins are squeezed out afterwards. One
+     * buffer, written once: a second one and a copy cost more than the copy itself, because a
+     * fresh large allocation has to be faulted in page by page. */
     const size_t skip = (size_t)(left - x) * 3, keep = (size_t)(right - left) * 3;
-    row = malloc((size_t)width * 3);
-    pixels = malloc(keep * (bottom - top));
-    if (row == NULL || pixels == NULL) {
+    const size_t stride = (size_t)width * 3;
+    const unsigned int rows = bottom - top;
+    unsigned char *pixels = alloc(context, stride * rows);
+    if (pixels == NULL) {
         status = NO_MEMORY;
         goto done;
     }
     if (top > 0 && jpeg_skip_scanlines(&cinfo, top) != top)
         ERREXIT(&cinfo, JERR_INPUT_EOF);
-    for (unsigned int y = 0; y < bottom - top; y++) {
-        JSAMPROW r = row;
-        if (jpeg_read_scanlines(&cinfo, &r, 1) != 1)
+    for (unsigned int y = 0; y < rows;) {
+        JSAMPROW batch[16];
+        unsigned int n = rows - y < 16 ? rows - y : 16;
+        for (unsigned int i = 0; i < n; i++)
+            batch[i] = pixels + stride * (y + i);
+        JDIMENSION got = jpeg_read_scanlines(&cinfo, batch, n);
+        if (got == 0)
             ERREXIT(&cinfo, JERR_INPUT_EOF);
-        memcpy(pixels + keep * y, row + skip, keep);
+        y += got;
     }
+    if (keep != stride) /* in order: row i never overwrites a later row before it moves */
+        for (unsigned int i = 0; i < rows; i++)
+            memmove(pixels + keep * i, pixels + stride * i + skip, keep);
     /* The rows below the crop are never decoded: abort rather than finish. */
-    out->pixels = pixels;
     out->width = right - left;
-    out->height = bottom - top;
-    pixels = NULL;
+    out->height = rows;
     status = OK;
 done:
     jpeg_destroy_decompress(&cinfo);
-    free(pixels);
-    free(row);
     return status;
+}
+
+/* The allocator py_decode hands decode_region: a bytearray, made with the GIL taken back for
+ * the moment it takes. */
+struct python_buffer {
+    PyThreadState *thread;
+    PyObject *array;
+};
+
+static unsigned char *new_bytearray(void *context, size_t size)
+{
+    struct python_buffer *b = context;
+    PyEval_RestoreThread(b->thread);
+    b->array = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)size);
+    b->thread = PyEval_SaveThread();
+    return b->array == NULL ? NULL : (unsigned char *)PyByteArray_AS_STRING(b->array);
 }
 
 static PyObject *py_decode(PyObject *self, PyObject *args)
@@ -138,23 +163,26 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
                             denom);
     }
     struct region out = {0};
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = decode_region(data.buf, (size_t)data.len, left, top, right, bottom, denom, &out);
-    Py_END_ALLOW_THREADS
+    struct python_buffer buffer = {NULL, NULL};
+    buffer.thread = PyEval_SaveThread();
+    int status = decode_region(data.buf, (size_t)data.len, left, top, right, bottom, denom,
+                               new_bytearray, &buffer, &out);
+    PyEval_RestoreThread(buffer.thread);
     PyBuffer_Release(&data);
+    if (status != OK)
+        Py_CLEAR(buffer.array);
     if (status == NO_MEMORY)
-        return PyErr_NoMemory();
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     if (status == UNSUPPORTED)
         return PyErr_Format(PyExc_NotImplementedError, "%s", out.message);
     if (status != OK)
         return PyErr_Format(PyExc_ValueError, "bad JPEG: %s", out.message);
-    PyObject *pixels = PyByteArray_FromStringAndSize((const char *)out.pixels,
-                                                     (Py_ssize_t)out.width * out.height * 3);
-    free(out.pixels);
-    if (pixels == NULL)
+    /* Shrinking to the packed size: in place (or a realloc that does not copy much). */
+    if (PyByteArray_Resize(buffer.array, (Py_ssize_t)out.width * out.height * 3) < 0) {
+        Py_DECREF(buffer.array);
         return NULL;
-    return Py_BuildValue("(NII)", pixels, out.width, out.height);
+    }
+    return Py_BuildValue("(NII)", buffer.array, out.width, out.height);
 }
 
 static PyObject *py_size(PyObject *self, PyObject *args)
