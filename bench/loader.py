@@ -7,8 +7,9 @@ ImageFolder, as local shards and as shards on a moto S3 server started on a free
 then times, in one process on one thread (so the figures are per core):
 - bare decode of the same bytes, nothing else, with each decoder at hand: PIL
   (``Image.open(...).convert("RGB")``), torchvision's ``decode_jpeg`` and depthlab's
-  libjpeg-turbo extension asked for the whole image. The fastest is the baseline: the
-  augmented pipeline must not look good by beating a slow decoder;
+  libjpeg-turbo extension asked for the whole image. The fastest is the baseline (the one the
+  augmented pipeline's paired ratio is lowest against): the pipeline must not look good by
+  beating a slow decoder;
 - (a) torchvision's ImageFolder with RandomResizedCrop(224) + flip: the plain PIL path;
 - (b) depthlab's loader on the local shards, same recipe ("imagenet");
 - (c) the same shards through the S3 server;
@@ -205,17 +206,16 @@ def main() -> int:
         finally:
             s3.terminate()
             s3.wait(timeout=10)
-    fastest = max(bare, key=r.get)
     # Round by round (see paired_ratio); the best rates' ratios would pair different moments.
     paired = {"s3_over_local": paired_ratio(per_round["c_shards_s3"], per_round["b_shards_local"]),
-              "augmented_over_bare_decode": paired_ratio(per_round["b_shards_local"],
-                                                         per_round[fastest]),
+              "s3_over_local_after_first_batch": paired_ratio(steady["s3"], steady["local"]),
               **{f"augmented_over_{name}": paired_ratio(per_round["b_shards_local"], per_round[name])
                  for name in bare},
               "local_over_imagefolder": paired_ratio(per_round["b_shards_local"],
                                                      per_round["a_imagefolder_pil"])}
     ratios = {name: p["median"] for name, p in paired.items()}
-    ratios["s3_over_local_after_first_batch"] = max(steady["s3"]) / max(steady["local"])
+    # The fastest decoder by the same paired measure (the best rates alone swap places by chance).
+    fastest = min(bare, key=lambda name: ratios[f"augmented_over_{name}"])
     result = {"images": args.images, "image_size": "500x375 JPEG q90", "crop": 224,
               "threads": 1, "repeats": args.repeats, "images_per_sec": r,
               "images_per_sec_per_round": per_round,
@@ -224,7 +224,7 @@ def main() -> int:
               "region_decode_ms": regions, "random_resized_crop_stage_ms": stages,
               "targets_met": {"s3_within_10pct": ratios["s3_over_local"] >= 0.9,
                               "augmented_at_least_80pct_of_decode":
-                                  ratios["augmented_over_bare_decode"] >= 0.8},
+                                  ratios[f"augmented_over_{fastest}"] >= 0.8},
               "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     lines = ["# Loader throughput (images/s on one core)", "",
              f"`{command('bench/loader.py')}` on "
@@ -241,10 +241,9 @@ def main() -> int:
               "the lowest and highest.", "",
               "| ratio | median | range | target |", "|---|---|---|---|",
               row("S3 / local shards", "s3_over_local", ">= 0.90"),
-              f"| S3 / local shards, after the first batch (best rates) | "
-              f"{ratios['s3_over_local_after_first_batch']:.2f} | | - |",
+              row("S3 / local shards, after the first batch", "s3_over_local_after_first_batch", "-"),
               row(f"augmented (b) / fastest bare decode ({fastest})",
-                  "augmented_over_bare_decode", ">= 0.80"),
+                  f"augmented_over_{fastest}", ">= 0.80"),
               *(row(f"augmented (b) / {name}", f"augmented_over_{name}", "-")
                 for name in bare if name != fastest),
               row("local shards (b) / ImageFolder (a)", "local_over_imagefolder", "-")]
