@@ -144,7 +144,18 @@ def _resized(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) == hw:
         return x
-    return F.interpolate(x[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+    return F.interpolate(_batch_of_one(x), size=hw, mode="bilinear", antialias=True,
+                         align_corners=False)[0]
+
+
+def _batch_of_one(x: torch.Tensor) -> torch.Tensor:
+    """``x[None]``, but a CHW view of HWC memory keeps a batch stride of H*W*C. ``x[None]`` gives
+    it a stride of 3, and torch then no longer treats the batch as channels_last: the resize
+    falls back from its vectorised channels_last uint8 kernel and takes twice as long
+    (`bench/results/loader.md`, "resize")."""
+    if x.stride(0) == 1:  # HWC memory
+        return x.permute(1, 2, 0)[None].permute(0, 3, 1, 2)
+    return x[None]
 
 
 def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
