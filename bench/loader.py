@@ -76,8 +76,8 @@ def imagefolder(root: Path) -> int:
 def shards(url: str, augment: str = "imagenet", train: bool = True,
            steady: list | None = None) -> int:
     """Images of one pass; ``steady`` gets the rate after the first batch, which leaves out the
-    start-up (the manifest, and the shards that fill the shuffle buffer before any decoding:
-    here all of them, on ImageNet the first two)."""
+    start-up (the manifest, and the samples that fill the shuffle buffer's first eighth before
+    any decoding: 250, here three shards)."""
     from training.data import build_loader
 
     loader = build_loader(url, "train", batch_size=64, image_size=224, augment=augment,

@@ -112,6 +112,26 @@ def test_loader_takes_the_startup_objects_out_of_the_collector(shards, monkeypat
     assert gc.get_freeze_count() > 10_000
 
 
+def test_shuffle_buffer_starts_small_then_grows_to_full_size():
+    stream = data.ShardStream("unused", None, [], batch_size=8, transform=None,
+                              shuffle_seed="s", shuffle_buffer=800)
+    read = []
+
+    def items():
+        for i in range(5000):
+            read.append(i)
+            yield i
+
+    out, ahead = [], []
+    for item in stream._shuffled(items(), "s"):
+        out.append(item)
+        ahead.append(len(read) - len(out))  # samples read but not yet given out
+    assert sorted(out) == list(range(5000))
+    assert ahead[0] == 100 - 1  # the first sample comes after an eighth of the buffer is read
+    assert max(ahead) == 800 - 1  # ... and the buffer grows to its full size
+    assert out == list(stream._shuffled(iter(range(5000)), "s"))  # a function of the seed
+
+
 def test_train_order_is_reproducible_and_resume_skips_exactly(shards):
     def labels(**kw):
         torch.manual_seed(0)
