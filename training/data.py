@@ -306,7 +306,7 @@ def freeze_long_lived_objects() -> None:
     """Take the objects alive now out of the cyclic garbage collector's reach, once a process.
 
     A process that has imported torch tracks some 340,000 objects (modules, functions, the
-    model), and every full collection walks them all: 0.26 s of one core here, a stall of ~150
+    model), and every full collection walks them all: 0.26-0.36 s of one core here, a stall of ~150
     decoded images or a training step, a few times an epoch, triggered by whatever allocates
     next. Those objects live as long as the process, so walking them finds nothing. Collected
     once, then frozen (``gc.freeze``), they are skipped; later objects are collected as usual.
