@@ -7,8 +7,9 @@ local shards, then times one training epoch's data pass on one thread (images/s)
 - depthlab: ``training.data.build_loader`` with the ``cifar`` recipe (pad 2, crop, flip), batch 128;
 - stock webdataset: ``webdataset.WebDataset`` over the same shards, PIL decode, torchvision's
   RandomCrop(16, padding=2) + RandomHorizontalFlip, batch 128: what one writes with stock tools;
-and the per-image JPEG decode alone: PIL (``Image.open(...).convert("RGB")``) and torchvision's
-``decode_jpeg`` (what ``training.transforms.decode_rgb`` uses).
+and the per-image JPEG decode alone: PIL (``Image.open(...).convert("RGB")``), torchvision's
+``decode_jpeg``, and ``training.transforms.decode_rgb`` (depthlab's libjpeg-turbo extension
+asked for the whole image; torchvision's decoder where the extension is not built).
 On images this small the per-sample overhead of tar parsing and PIL, not the pixels, sets the
 rate: that is what depthlab's tar reader and tensor transforms remove.
 """
@@ -49,6 +50,15 @@ def webdataset_epoch(url: str, shards: list[str]) -> int:
     return sum(len(y) for _, y in ds)
 
 
+def decode_depthlab(files: list[bytes]) -> int:
+    """Decode only, as the CIFAR recipe does: ``decode_rgb``."""
+    from training.transforms import decode_rgb
+
+    for data in files:
+        decode_rgb(data)
+    return len(files)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-class", type=int, default=400)
@@ -68,9 +78,11 @@ def main() -> int:
             "stock_webdataset": lambda: webdataset_epoch(url, [s["name"] for s in shards]),
             "decode_pil": lambda: decode_pil(files),
             "decode_torchvision": lambda: decode_torchvision(files),
+            "decode_depthlab": lambda: decode_depthlab(files),
         }, args.repeats)
     ratios = {"depthlab_over_webdataset": r["depthlab_loader"] / r["stock_webdataset"],
-              "torchvision_over_pil_decode": r["decode_torchvision"] / r["decode_pil"]}
+              "torchvision_over_pil_decode": r["decode_torchvision"] / r["decode_pil"],
+              "depthlab_over_torchvision_decode": r["decode_depthlab"] / r["decode_torchvision"]}
     result = {"images": len(files), "image_size": "16x16 JPEG q90", "threads": 1,
               "repeats": args.repeats, "images_per_sec": r, "ratios": ratios,
               "machine": machine(), "date": time.strftime("%Y-%m-%d")}
@@ -81,7 +93,9 @@ def main() -> int:
     lines += [f"| {k} | {v:.0f} |" for k, v in r.items()]
     lines += ["", "| ratio | value |", "|---|---|",
               f"| depthlab loader / stock webdataset | {ratios['depthlab_over_webdataset']:.2f} |",
-              f"| torchvision decode / PIL decode | {ratios['torchvision_over_pil_decode']:.2f} |"]
+              f"| torchvision decode / PIL decode | {ratios['torchvision_over_pil_decode']:.2f} |",
+              f"| depthlab decode / torchvision decode | "
+              f"{ratios['depthlab_over_torchvision_decode']:.2f} |"]
     write_results(args.out, "small_images", result, lines)
     return 0
 

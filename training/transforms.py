@@ -7,9 +7,10 @@ Each transform decodes the bytes itself, the way that suits its images:
   at its last row; without it PIL decodes the whole image. Either way libjpeg scales the DCT by
   1/2, 1/4 or 1/8 whenever the box holds twice the pixels the output needs, and the pixels are
   the same (the extension's are checked bit for bit against PIL's in the tests);
-- the CIFAR recipe decodes with torchvision's libjpeg-turbo binding straight into a tensor and
-  shifts and flips the tensor: on 16-32 pixel images PIL's per-image overhead cost more than
-  the decode (16x16 JPEGs: 21,500 against 10,000 decodes/s, `bench/results/small_images.md`).
+- the CIFAR recipe decodes the whole image straight into a tensor (the extension, or
+  torchvision's libjpeg-turbo binding without it) and shifts and flips the tensor: on 16-32
+  pixel images the per-image overhead, not the pixels, sets the rate, and PIL's is the largest
+  (16x16 JPEGs a second on one core: `bench/results/small_images.md`).
 Normalisation (mean subtraction) happens on the device, in the loop.
 
 Recipes (``augment`` in the config):
@@ -24,6 +25,7 @@ four corners and the center, and their mirror images) stacked as a (10, 3, H, W)
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
@@ -32,11 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-try:  # deprecated in torchvision 0.29 in favour of TorchCodec: PIL takes over once it is gone
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # pragma: no cover
-    decode_jpeg = None
 
 try:  # training/_jpegroi.c, an optional extension (see pyproject.toml). A top-level module:
     # a Ray job's working_dir copy of `training/` leaves out built files (they are
@@ -72,15 +69,46 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
-    """CHW uint8 RGB of a JPEG (libjpeg-turbo through torchvision) or of any format PIL reads.
+    """CHW uint8 RGB of a whole JPEG (libjpeg-turbo: the extension, else torchvision's binding)
+    or of any format PIL reads.
 
     Raises on a corrupt or truncated file, like PIL; the loader skips and counts those.
     """
-    if decode_jpeg is not None and is_jpeg(data):
-        # bytearray: torch wants a writable buffer (a few microseconds for a small JPEG).
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                           mode=ImageReadMode.RGB)
+    if is_jpeg(data):
+        if _jpegroi is not None:
+            width, height = image_size(data)  # refuses a decompression bomb before decoding
+            pixels = _native_decode(data, 0, 0, width, height, 1)
+            if pixels is not None:
+                return pixels
+        else:
+            decode = _torchvision_decode_jpeg()
+            if decode is not None:
+                return decode(data)
     return to_tensor(open_image(data))
+
+
+def _native_decode(data: bytes, x0: int, y0: int, x1: int, y1: int, denom: int):
+    """CHW uint8 (a view of HWC memory) of that region by the extension, or None for a CMYK
+    JPEG, which PIL converts. Raises on a corrupt or truncated file."""
+    try:
+        pixels, width, height = _jpegroi.decode(data, x0, y0, x1, y1, denom)
+    except NotImplementedError:
+        return None
+    return torch.frombuffer(pixels, dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
+
+
+@functools.cache
+def _torchvision_decode_jpeg():
+    """torchvision's JPEG decoder, imported only when the extension is missing: importing
+    torchvision pulls in torch._dynamo, seconds of start-up in every worker process.
+    (``torchvision.io`` is deprecated in favour of TorchCodec; PIL takes over once it is gone.)"""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # pragma: no cover
+        return None
+    # bytearray: torch wants a writable buffer (a few microseconds for a small JPEG).
+    return lambda data: decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                    mode=ImageReadMode.RGB)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -125,11 +153,9 @@ def decode_box(data: bytes, whole: tuple[int, int], box: tuple[float, float, flo
     x0, y0 = int(x / denom), int(y / denom)
     x1, y1 = max(x0 + 1, round((x + w) / denom)), max(y0 + 1, round((y + h) / denom))
     if _jpegroi is not None and is_jpeg(data):
-        try:
-            pixels, w1, h1 = _jpegroi.decode(data, x0, y0, x1, y1, denom)
-            return torch.frombuffer(pixels, dtype=torch.uint8).view(h1, w1, 3).permute(2, 0, 1)
-        except NotImplementedError:  # CMYK: PIL converts it
-            pass
+        pixels = _native_decode(data, x0, y0, x1, y1, denom)
+        if pixels is not None:
+            return pixels
     image = open_image(data)
     if denom > 1:
         # Asking for exactly W/d x H/d (rounded down) makes PIL pick d itself.

@@ -127,6 +127,36 @@ def test_decode_rgb_matches_pil_and_reads_other_formats():
     assert out.shape == (3, 8, 8) and out.unique().tolist() == [200]
 
 
+@pytest.mark.parametrize("decoder", ["extension", "torchvision"])
+def test_decode_rgb_gives_torchvisions_pixels_with_or_without_the_extension(decoder, monkeypatch):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from training import transforms
+
+    if decoder == "extension" and transforms._jpegroi is None:
+        pytest.skip("depthlab_jpegroi is not built")
+    if decoder == "torchvision":
+        monkeypatch.setattr(transforms, "_jpegroi", None)
+    for data in (small_jpeg(16, 1), small_jpeg(32, 2), photo(333, 201)):
+        want = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                           mode=ImageReadMode.RGB)
+        assert decode_rgb(data).equal(want)
+
+
+def test_workers_start_without_importing_torchvision():
+    # torchvision's import pulls in torch._dynamo: seconds of start-up in every Ray Train
+    # worker, for a decoder the extension replaces.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, training.ray_worker, training.loop; "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("data", [small_jpeg()[:100], b"\xff\xd8garbage", b"not an image"])
 def test_decode_rgb_raises_on_bad_bytes(data):
     with pytest.raises(Exception):
