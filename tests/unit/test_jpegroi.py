@@ -16,7 +16,7 @@ from PIL import Image
 
 from training import transforms
 from training.transforms import (PaperScaleAugment, RandomResizedCrop, ResizeCenterCrop,
-                                 dct_scale, decode_box)
+                                 dct_scale, decode_box, decode_rgb)
 
 
 def textured(w=500, h=375, mode="RGB", seed=0, **save) -> bytes:
@@ -107,8 +107,10 @@ def test_cmyk_is_left_to_pil():
     with pytest.raises(NotImplementedError):
         transforms._jpegroi.decode(buf.getvalue(), 0, 0, 10, 10, 1)
     out = decode_box(buf.getvalue(), (80, 64), (8, 4, 40, 30), 16)
-    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[4:34, 8:48]
-    np.testing.assert_array_equal(out.permute(1, 2, 0).numpy(), expected)
+    whole = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(out.permute(1, 2, 0).numpy(), whole[4:34, 8:48])
+    # The CIFAR recipe's whole-image decode takes the same way round.
+    np.testing.assert_array_equal(decode_rgb(buf.getvalue()).permute(1, 2, 0).numpy(), whole)
 
 
 @pytest.mark.parametrize("box", [(0, 0, 500, 375), (10, 20, 300, 200), (100, 50, 60, 60)])
