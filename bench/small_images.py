@@ -9,7 +9,7 @@ local shards, then times one training epoch's data pass on one thread (images/s)
   RandomCrop(16, padding=2) + RandomHorizontalFlip, batch 128: what one writes with stock tools;
 and the per-image JPEG decode alone: PIL (``Image.open(...).convert("RGB")``), torchvision's
 ``decode_jpeg``, and ``training.transforms.decode_rgb`` (depthlab's libjpeg-turbo extension
-asked for the whole image; torchvision's decoder where the extension is not built).
+asked for the whole image; PIL where the extension is not built).
 On images this small the per-sample overhead of tar parsing and PIL, not the pixels, sets the
 rate: that is what depthlab's tar reader and tensor transforms remove.
 """

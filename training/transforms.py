@@ -7,10 +7,10 @@ Each transform decodes the bytes itself, the way that suits its images:
   at its last row; without it PIL decodes the whole image. Either way libjpeg scales the DCT by
   1/2, 1/4 or 1/8 whenever the box holds twice the pixels the output needs, and the pixels are
   the same (the extension's are checked bit for bit against PIL's in the tests);
-- the CIFAR recipe decodes the whole image straight into a tensor (the extension, or
-  torchvision's libjpeg-turbo binding without it) and shifts and flips the tensor: on 16-32
-  pixel images the per-image overhead, not the pixels, sets the rate, and PIL's is the largest
-  (16x16 JPEGs a second on one core: `bench/results/small_images.md`).
+- the CIFAR recipe decodes the whole image with the extension straight into a tensor (PIL
+  without it) and shifts and flips the tensor: on 16-32 pixel images the per-image overhead,
+  not the pixels, sets the rate (16x16 JPEGs a second on one core, the extension against
+  torchvision's and PIL's decoders: `bench/results/small_images.md`).
 Normalisation (mean subtraction) happens on the device, in the loop.
 
 Recipes (``augment`` in the config):
@@ -25,7 +25,6 @@ four corners and the center, and their mirror images) stacked as a (10, 3, H, W)
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import random
@@ -69,21 +68,15 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
-    """CHW uint8 RGB of a whole JPEG (libjpeg-turbo: the extension, else torchvision's binding)
-    or of any format PIL reads.
+    """CHW uint8 RGB of a whole JPEG (the extension; PIL without it) or of any format PIL reads.
 
     Raises on a corrupt or truncated file, like PIL; the loader skips and counts those.
     """
-    if is_jpeg(data):
-        if _jpegroi is not None:
-            width, height = image_size(data)  # refuses a decompression bomb before decoding
-            pixels = _native_decode(data, 0, 0, width, height, 1)
-            if pixels is not None:
-                return pixels
-        else:
-            decode = _torchvision_decode_jpeg()
-            if decode is not None:
-                return decode(data)
+    if _jpegroi is not None and is_jpeg(data):
+        width, height = image_size(data)  # refuses a decompression bomb before decoding
+        pixels = _native_decode(data, 0, 0, width, height, 1)
+        if pixels is not None:
+            return pixels
     return to_tensor(open_image(data))
 
 
@@ -95,20 +88,6 @@ def _native_decode(data: bytes, x0: int, y0: int, x1: int, y1: int, denom: int):
     except NotImplementedError:
         return None
     return torch.frombuffer(pixels, dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
-
-
-@functools.cache
-def _torchvision_decode_jpeg():
-    """torchvision's JPEG decoder, imported only when the extension is missing: importing
-    torchvision pulls in torch._dynamo, seconds of start-up in every worker process.
-    (``torchvision.io`` is deprecated in favour of TorchCodec; PIL takes over once it is gone.)"""
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:  # pragma: no cover
-        return None
-    # bytearray: torch wants a writable buffer (a few microseconds for a small JPEG).
-    return lambda data: decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                    mode=ImageReadMode.RGB)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

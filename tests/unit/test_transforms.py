@@ -127,20 +127,21 @@ def test_decode_rgb_matches_pil_and_reads_other_formats():
     assert out.shape == (3, 8, 8) and out.unique().tolist() == [200]
 
 
-@pytest.mark.parametrize("decoder", ["extension", "torchvision"])
-def test_decode_rgb_gives_torchvisions_pixels_with_or_without_the_extension(decoder, monkeypatch):
+def test_decode_rgb_gives_torchvisions_pixels_with_the_extension_and_pils_without(monkeypatch):
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from training import transforms
 
-    if decoder == "extension" and transforms._jpegroi is None:
-        pytest.skip("depthlab_jpegroi is not built")
-    if decoder == "torchvision":
-        monkeypatch.setattr(transforms, "_jpegroi", None)
-    for data in (small_jpeg(16, 1), small_jpeg(32, 2), photo(333, 201)):
-        want = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                           mode=ImageReadMode.RGB)
-        assert decode_rgb(data).equal(want)
+    samples = (small_jpeg(16, 1), small_jpeg(32, 2), photo(333, 201))
+    if transforms._jpegroi is not None:
+        for data in samples:
+            want = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                               mode=ImageReadMode.RGB)
+            assert decode_rgb(data).equal(want)
+    monkeypatch.setattr(transforms, "_jpegroi", None)
+    for data in samples:
+        pil = torch.from_numpy(np.array(lazy(data).convert("RGB"))).permute(2, 0, 1)
+        assert decode_rgb(data).equal(pil)
 
 
 def test_workers_start_without_importing_torchvision():
