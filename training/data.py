@@ -19,7 +19,6 @@ Images are decoded to uint8 tensors in the loader workers; normalisation happens
 from __future__ import annotations
 
 import gc
-import io
 import itertools
 import json
 import logging
@@ -29,7 +28,6 @@ import random
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from training import storage, tarstream
@@ -133,7 +131,7 @@ def split_ranges(ranges: list[Range], parts: int, part: int, batch_size: int) ->
 
 
 def prefetched(urls: list[str]):
-    """``(url, stream)`` for each url, the next shard downloading while this one is decoded.
+    """``(url, bytes)`` for each url, the next shard downloading while this one is decoded.
 
     One background thread reads whole shards into memory, at most one ahead of the consumer,
     so network latency (and a slow S3 server) overlaps with decoding.
@@ -146,7 +144,7 @@ def prefetched(urls: list[str]):
             if stop.is_set():
                 return
             try:
-                item = (url, io.BytesIO(storage.read_bytes(url)))
+                item = (url, storage.read_bytes(url))
             except Exception as exc:  # handed to the consumer, raised there
                 item = (url, exc)
             while not stop.is_set():
@@ -168,15 +166,15 @@ def prefetched(urls: list[str]):
         stop.set()
 
 
-def iter_tar_samples(stream):
-    """Group the members of a WebDataset tar stream into ``(key, {ext: bytes})`` samples.
+def iter_tar_samples(shard: bytes):
+    """Group the members of a WebDataset tar shard into ``(key, {ext: bytes})`` samples.
 
     A truncated or corrupt tar ends the shard early with a warning; the caller counts what is
     missing.
     """
     current_key, current = None, {}
     try:
-        for path, data in tarstream.iter_members(stream):
+        for path, data in tarstream.iter_members(shard):
             name = path.rsplit("/", 1)[-1]
             key, _, ext = name.partition(".")
             if key != current_key and current_key is not None:
@@ -205,16 +203,16 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _samples(self, ranges):
         urls = [storage.join(self.data_url, self.manifest.split, self.manifest.shards[shard])
                 for shard, _, _ in ranges]
-        for (shard, start, stop), (url, stream) in zip(ranges, prefetched(urls)):
+        for (shard, start, stop), (url, data) in zip(ranges, prefetched(urls)):
             got = 0
-            with stream:
-                for i, (key, parts) in enumerate(iter_tar_samples(stream)):
-                    if i < start:
-                        continue  # skipped without decoding
-                    if i >= stop:
-                        break
-                    got += 1
-                    yield key, parts
+            for i, (key, parts) in enumerate(iter_tar_samples(data)):
+                if i < start:
+                    continue  # skipped without decoding
+                if i >= stop:
+                    break
+                got += 1
+                yield key, parts
+            del data  # the shard's memory goes before the next one is parsed
             if got < stop - start:
                 log.warning("%s: %d of %d samples missing", url, stop - start - got, stop - start)
                 for _ in range(stop - start - got):
@@ -267,10 +265,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         slots = 0
         for position, (key, parts) in enumerate(stream, start=first):
             if seed is not None:
-                # Augmentation draws from the global generators, seeded per sample: the same
+                # Augmentation draws from the `random` module, seeded per sample: the same
                 # crops in or out of loader workers, and after a resume that skipped samples.
                 random.seed(f"{seed}/{position}")
-                np.random.seed(random.getrandbits(32))
             sample = self._decode(key, parts)
             slots += 1
             if sample is None:

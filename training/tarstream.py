@@ -1,4 +1,4 @@
-"""The regular files of a tar stream, in order: ``(name, bytes)``.
+"""The regular files of a tar held in memory, in order: ``(name, bytes)``.
 
 A lean reader for WebDataset shards. ``tarfile`` builds a ``TarInfo`` object, decodes every
 header field and keeps a member list; on shards of tiny images (the CPU study's 16x16 JPEGs are
@@ -6,15 +6,15 @@ header field and keeps a member list; on shards of tiny images (the CPU study's 
 shard needs: the name (ustar prefix, GNU long names and pax ``path`` records included), the
 size (octal, base-256 and pax ``size``) and the type, and verifies each header's checksum.
 
-Errors: a header whose checksum does not match raises ``TarFormatError``; a stream that ends
-inside a header or a member raises ``EOFError``. Members already yielded stay valid; the caller
-decides what a short shard means (``training.data`` counts the missing samples).
+Errors: a header whose checksum does not match raises ``TarFormatError``; a tar that ends
+inside a header or a member (a truncated file or download) raises ``EOFError``. Members already
+yielded stay valid; the caller decides what a short shard means (``training.data`` counts the
+missing samples).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -43,7 +43,7 @@ def _number(field: bytes) -> int:
 def _checksum_ok(header: bytes) -> bool:
     stored = _number(header[148:156])
     # The checksum field counts as eight spaces (8 * 32 = 256).
-    if sum(header[:148]) + 256 + sum(header[156:]) == stored:
+    if sum(header) - sum(header[148:156]) + 256 == stored:
         return True
     # Some old tars summed signed bytes.
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 256
@@ -70,21 +70,18 @@ def parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def _read_exactly(stream: BinaryIO, n: int, what: str) -> bytes:
-    data = stream.read(n)
-    if len(data) < n:
-        raise EOFError(f"tar stream truncated in {what} ({len(data)} of {n} bytes)")
-    return data
-
-
-def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """``(name, data)`` of every regular file of ``stream``; directories and links are passed."""
+def iter_members(tar) -> Iterator[tuple[str, bytes]]:
+    """``(name, data)`` of every regular file of the tar held in ``tar`` (bytes-like); directories
+    and links are passed over. The loader holds whole shards in memory (it prefetches them), so
+    the reader walks the buffer: one copy per member, no file-like layer in between."""
+    view = memoryview(tar).cast("B")
+    pos, end = 0, len(view)
     long_name: str | None = None
     pax: dict[str, str] = {}
-    while True:
-        header = stream.read(BLOCK)
-        if not header or header == _ZERO:
-            return  # end of archive (or a stream cut exactly between members)
+    while pos < end:
+        header = bytes(view[pos:pos + BLOCK])
+        if header == _ZERO:
+            return  # end of archive
         if len(header) < BLOCK:
             raise EOFError(f"tar stream truncated in a header ({len(header)} of {BLOCK} bytes)")
         if not _checksum_ok(header):
@@ -96,18 +93,21 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             prefix = _text(header[345:500])
             if prefix:
                 name = f"{prefix}/{name}"
-        data = _read_exactly(stream, size, name or "a member")
-        padding = -size % BLOCK
-        if padding:
-            _read_exactly(stream, padding, "the padding of " + (name or "a member"))
+        start = pos + BLOCK
+        pos = start + size + (-size % BLOCK)
+        if pos > end:
+            what = name or "a member"
+            if start + size > end:
+                raise EOFError(f"tar stream truncated in {what} ({end - start} of {size} bytes)")
+            raise EOFError(f"tar stream truncated in the padding of {what}")
         if kind == b"L":  # GNU long name: the data is the next member's name
-            long_name = _text(data)
+            long_name = _text(bytes(view[start:start + size]))
             continue
         if kind == b"x":  # pax header of the next member
-            pax = parse_pax(data)
+            pax = parse_pax(bytes(view[start:start + size]))
             continue
         if kind == b"g":  # pax global header: nothing a shard needs
             continue
         if kind in _REGULAR:
-            yield pax.get("path") or long_name or name, data
+            yield pax.get("path") or long_name or name, bytes(view[start:start + size])
         long_name, pax = None, {}

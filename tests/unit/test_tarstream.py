@@ -36,7 +36,7 @@ MEMBERS = [
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
 def test_reads_what_tarfile_writes(fmt):
     members = MEMBERS if fmt != tarfile.USTAR_FORMAT else MEMBERS[:-1]  # ustar: ASCII only
-    got = list(iter_members(io.BytesIO(make_tar(members, fmt))))
+    got = list(iter_members(make_tar(members, fmt)))
     assert got == [(name, data) for name, data in members if data is not None]
 
 
@@ -50,22 +50,22 @@ def test_truncation_is_an_eof_error_after_the_intact_members():
     data = make_tar(MEMBERS[:2] + [("big.bin", b"z" * 5000)])
     # 000001.jpg: header + 2 blocks; 000001.cls: header + 1 block; big.bin's header, then 1000
     # of its 5000 bytes.
-    stream = iter_members(io.BytesIO(data[:512 * 6 + 1000]))
+    stream = iter_members(data[:512 * 6 + 1000])
     assert [name for name, _ in (next(stream), next(stream))] == ["000001.jpg", "000001.cls"]
     with pytest.raises(EOFError, match="truncated"):
         next(stream)
     with pytest.raises(EOFError, match="header"):
-        list(iter_members(io.BytesIO(data[:512 * 3 + 100])))  # inside the second header
+        list(iter_members(data[:512 * 3 + 100]))  # inside the second header
 
 
 def test_a_corrupt_header_is_a_format_error():
     data = bytearray(make_tar(MEMBERS[:2]))
     data[10] ^= 0xFF  # inside the first header's name
     with pytest.raises(TarFormatError, match="checksum"):
-        list(iter_members(io.BytesIO(bytes(data))))
+        list(iter_members(data))
 
 
 def test_a_stream_cut_between_members_just_ends():
     one = make_tar(MEMBERS[:1])
     size = 512 + 1024  # header + two blocks of data: no end-of-archive blocks
-    assert [n for n, _ in iter_members(io.BytesIO(one[:size]))] == ["000001.jpg"]
+    assert [n for n, _ in iter_members(one[:size])] == ["000001.jpg"]
