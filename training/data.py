@@ -268,6 +268,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                 # Augmentation draws from the `random` module, seeded per sample: the same
                 # crops in or out of loader workers, and after a resume that skipped samples.
                 random.seed(f"{seed}/{position}")
+                # This draw used to seed numpy's generator; it stays so that every crop and
+                # shift is what it was and recorded studies reproduce digit for digit.
+                random.getrandbits(32)
             sample = self._decode(key, parts)
             slots += 1
             if sample is None:
