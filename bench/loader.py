@@ -292,7 +292,7 @@ def main() -> int:
     lines += ["", f"The loader's machinery alone (tar reading, shuffling, seeding, batching; a "
               f"transform that returns a ready image): {result['loader_machinery_us_per_image']:.0f} "
               f"us per image at best. (b) took {result['minor_faults_per_image_b']:.1f} minor page "
-              f"faults per image (the median over the rounds): fresh shard and batch memory."]
+              f"faults per image (the median over the rounds)."]
     lines += ["", "RandomResizedCrop(224) per image, in stages (ms, the same crops):", "",
               "| stage | ms |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in stages.items()]

@@ -228,8 +228,8 @@ class Lighting:
         self.std = std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # From `random`, like every draw of the augmentations: the loader seeds only that one
-        # per sample (seeding numpy's generator too cost as much as a tenth of a resize).
+        # From `random`, like every draw of the augmentations: the loader seeds only that
+        # generator per sample, instead of numpy's as well for these three numbers.
         alpha = np.array([random.gauss(0, self.std) for _ in range(3)])
         shift = torch.tensor(_EIGVEC @ (alpha * _EIGVAL) * 255.0, dtype=torch.float32).view(3, 1, 1)
         return (x.float() + shift).clamp_(0, 255).to(torch.uint8)
