@@ -22,6 +22,7 @@ import gc
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -131,10 +132,11 @@ def split_ranges(ranges: list[Range], parts: int, part: int, batch_size: int) ->
 
 
 def prefetched(urls: list[str]):
-    """``(url, bytes)`` for each url, the next shard downloading while this one is decoded.
+    """``(url, buffer)`` for each url, the next shard downloading while this one is decoded.
 
-    One background thread reads whole shards into memory, at most one ahead of the consumer,
-    so network latency (and a slow S3 server) overlaps with decoding.
+    One background thread reads whole shards into memory (downloads an S3 object, maps a local
+    file: ``storage.read_buffer``), at most one ahead of the consumer, so network latency (and a
+    slow S3 server or disk) overlaps with decoding.
     """
     ahead: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -144,7 +146,7 @@ def prefetched(urls: list[str]):
             if stop.is_set():
                 return
             try:
-                item = (url, storage.read_bytes(url))
+                item = (url, storage.read_buffer(url))
             except Exception as exc:  # handed to the consumer, raised there
                 item = (url, exc)
             while not stop.is_set():
@@ -166,15 +168,16 @@ def prefetched(urls: list[str]):
         stop.set()
 
 
-def iter_tar_samples(shard: bytes):
-    """Group the members of a WebDataset tar shard into ``(key, {ext: bytes})`` samples.
+def iter_tar_samples(shard, *, copy: bool = True):
+    """Group the members of a WebDataset tar shard into ``(key, {ext: bytes})`` samples; with
+    ``copy=False`` the values are memoryviews into ``shard`` (``tarstream.iter_members``).
 
     A truncated or corrupt tar ends the shard early with a warning; the caller counts what is
     missing.
     """
     current_key, current = None, {}
     try:
-        for path, data in tarstream.iter_members(shard):
+        for path, data in tarstream.iter_members(shard, copy=copy):
             name = path.rsplit("/", 1)[-1]
             key, _, ext = name.partition(".")
             if key != current_key and current_key is not None:
@@ -186,6 +189,14 @@ def iter_tar_samples(shard: bytes):
         log.warning("shard stream ended early: %s", exc)
     if current_key is not None:
         yield current_key, current
+
+
+def detach_sample(sample):
+    """``(key, parts)`` with each memoryview in ``parts`` replaced by a copy of its bytes."""
+    key, parts = sample
+    if parts is None:
+        return sample
+    return key, {ext: bytes(data) for ext, data in parts.items()}
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -205,14 +216,15 @@ class ShardStream(torch.utils.data.IterableDataset):
                 for shard, _, _ in ranges]
         for (shard, start, stop), (url, data) in zip(ranges, prefetched(urls)):
             got = 0
-            for i, (key, parts) in enumerate(iter_tar_samples(data)):
+            # Views, not copies: the shuffle buffer copies out those that wait long (_shuffled).
+            for i, (key, parts) in enumerate(iter_tar_samples(data, copy=False)):
                 if i < start:
                     continue  # skipped without decoding
                 if i >= stop:
                     break
                 got += 1
                 yield key, parts
-            del data  # the shard's memory goes before the next one is parsed
+            del data  # the shard's memory goes once no sample of it waits in the buffer
             if got < stop - start:
                 log.warning("%s: %d of %d samples missing", url, stop - start - got, stop - start)
                 for _ in range(stop - start - got):
@@ -222,14 +234,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         if parts is None:
             return None
         try:
-            label = int(parts["cls"])
+            label = int(bytes(parts["cls"]))
             # The transform decodes the bytes its own way (reduced-size for big photos).
             return self.transform(parts["jpg"]), label
         except Exception as exc:  # corrupt JPEG, missing label: skip and count
             log.warning("skipping bad sample %s: %s", key, exc)
             return None
 
-    def _shuffled(self, items, seed):
+    def _shuffled(self, items, seed, detach=None):
+        """``items`` through a seeded shuffle buffer. ``detach(item)``, if given, is applied to
+        the items still waiting ``shuffle_buffer`` reads after they came in (see below)."""
         if seed is None:
             yield from items
             return
@@ -238,14 +252,25 @@ class ShardStream(torch.utils.data.IterableDataset):
         # not 2,000 (two ImageNet shards, ~220 MB from the object store). The order is still a
         # pure function of the seed.
         rng, buf, start = random.Random(seed), [], max(1, self.shuffle_buffer // 8)
+        # Samples come in as views into their shard, and one view keeps its whole shard alive:
+        # the few samples that wait long in the buffer would keep ~14 ImageNet shards (1.5 GB)
+        # alive. Every quarter of `hold` reads, the samples waiting for more than `hold` reads
+        # are copied out (detached), so a shard lives at most 1.25 * hold reads after its last
+        # sample came in. With a full buffer, about a third of the samples wait that long.
+        hold = self.shuffle_buffer
         for read, item in enumerate(items, start=1):
-            buf.append(item)
+            buf.append((read, item))
+            if detach is not None and read % max(1, hold // 4) == 0:
+                for i, (since, waiting) in enumerate(buf):
+                    if since <= read - hold:
+                        buf[i] = (math.inf, detach(waiting))
             if len(buf) >= min(self.shuffle_buffer, max(start, read // 2)):
                 j = rng.randrange(len(buf))
                 buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
+                yield buf.pop()[1]
         rng.shuffle(buf)
-        yield from buf
+        for _, item in buf:
+            yield item
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -259,7 +284,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         seed = None if self.shuffle_seed is None else f"{self.shuffle_seed}/{wid}"
         mine = max(0, -(-(self.skip_batches - wid) // nworkers))  # this part's consumed batches
         first = mine * self.batch_size
-        stream = itertools.islice(self._shuffled(self._samples(ranges), seed),
+        stream = itertools.islice(self._shuffled(self._samples(ranges), seed, detach_sample),
                                   first, None)  # dropped before decoding
         images, labels, skipped = [], [], 0
         slots = 0

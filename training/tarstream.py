@@ -14,6 +14,7 @@ missing samples).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 
 BLOCK = 512
@@ -40,10 +41,17 @@ def _number(field: bytes) -> int:
         raise TarFormatError(f"bad number field {field!r}") from None
 
 
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte block's bytes. The low half of an Adler-32 checksum is 1 plus the
+    byte sum modulo 65521, exact for 256 bytes (at most 65280): two halves, summed in C, take a
+    fifth of the time of ``sum(block)`` (a fifth of the tar reader's time per sample)."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _checksum_ok(header: bytes) -> bool:
     stored = _number(header[148:156])
     # The checksum field counts as eight spaces (8 * 32 = 256).
-    if sum(header) - sum(header[148:156]) + 256 == stored:
+    if _byte_sum(header) - sum(header[148:156]) + 256 == stored:
         return True
     # Some old tars summed signed bytes.
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 256
@@ -70,10 +78,13 @@ def parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_members(tar) -> Iterator[tuple[str, bytes]]:
+def iter_members(tar, *, copy: bool = True) -> Iterator[tuple[str, bytes | memoryview]]:
     """``(name, data)`` of every regular file of the tar held in ``tar`` (bytes-like); directories
     and links are passed over. The loader holds whole shards in memory (it prefetches them), so
-    the reader walks the buffer: one copy per member, no file-like layer in between."""
+    the reader walks the buffer, with no file-like layer in between.
+
+    ``data`` is a copy, or with ``copy=False`` a memoryview into ``tar``: no copy at all, but
+    every view keeps the whole of ``tar`` alive (``training.data`` bounds for how long)."""
     view = memoryview(tar).cast("B")
     pos, end = 0, len(view)
     long_name: str | None = None
@@ -109,5 +120,6 @@ def iter_members(tar) -> Iterator[tuple[str, bytes]]:
         if kind == b"g":  # pax global header: nothing a shard needs
             continue
         if kind in _REGULAR:
-            yield pax.get("path") or long_name or name, bytes(view[start:start + size])
+            member = view[start:start + size]
+            yield pax.get("path") or long_name or name, bytes(member) if copy else member
         long_name, pax = None, {}

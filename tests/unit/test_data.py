@@ -133,6 +133,65 @@ def test_shuffle_buffer_starts_small_then_grows_to_full_size():
     assert out == list(stream._shuffled(iter(range(5000)), "s"))  # a function of the seed
 
 
+def _shuffle_retaining(detach, hold=64, per_shard=10, nshards=60):
+    """Samples of bytearray "shards" through the shuffle buffer as views, as the loader reads
+    them; returns the keys given out and, for each shard, the most samples read while it was
+    still held after its last sample came in."""
+    shards = [bytearray([s]) * per_shard for s in range(nshards)]
+    stream = data.ShardStream("unused", None, [], batch_size=8, transform=None,
+                              shuffle_seed="s", shuffle_buffer=hold)
+    read = []
+
+    def samples():
+        for s, shard in enumerate(shards):
+            view = memoryview(shard)
+            for i in range(per_shard):
+                read.append(s)
+                yield f"{s}/{i}", {"jpg": view[i:i + 1], "cls": b"0"}
+        del view
+
+    def held(shard):  # a bytearray cannot grow while a view of it exists
+        try:
+            shard.append(0)
+        except BufferError:
+            return True
+        shard.pop()
+        return False
+
+    keys, overstay = [], [0] * nshards
+    for key, parts in stream._shuffled(samples(), "s", detach):
+        assert bytes(parts["jpg"]) == bytes([int(key.split("/")[0])])  # the right bytes
+        keys.append(key)
+        del parts
+        for s in range(read[-1]):  # shards whose samples have all been read
+            if held(shards[s]):
+                overstay[s] = max(overstay[s], len(read) - (s + 1) * per_shard)
+    return keys, overstay
+
+
+def test_samples_that_wait_long_are_copied_out_of_their_shards():
+    # One view keeps a whole shard alive, and the odd sample waits long in the shuffle buffer:
+    # samples still waiting after `hold` (the buffer's size) reads are copied out, so a shard
+    # goes at most 1.25 * hold reads after its last sample came in. The order does not change.
+    keys, overstay = _shuffle_retaining(data.detach_sample)
+    assert max(overstay) <= 1.25 * 64
+    kept_keys, kept = _shuffle_retaining(None)
+    assert max(kept) > 2 * 64  # without copying out, some shards live far longer
+    assert keys == kept_keys and sorted(keys) == sorted(f"{s}/{i}" for s in range(60) for i in range(10))
+
+
+def test_the_training_order_is_pinned(shards):
+    # The samples' order in an epoch, a pure function of (seed, epoch, rank): as with the
+    # augmentation draws below, a change here changes every recorded study.
+    loader = build_loader(shards, "train", batch_size=16, seed=3, epoch=1, rank=1, world_size=2)
+    ds = loader.dataset
+    keys = [k for k, _ in ds._shuffled(ds._samples(ds.ranges), f"{ds.shuffle_seed}/0")]
+    assert len(keys) == 80
+    assert keys[:10] == ["c001_26", "c000_22", "c000_29", "c003_8", "c002_23", "c002_11",
+                         "c003_31", "c003_27", "c002_21", "c000_32"]
+    assert keys[-3:] == ["c001_20", "c002_6", "c001_10"]
+
+
 def test_train_order_is_reproducible_and_resume_skips_exactly(shards):
     def labels(**kw):
         torch.manual_seed(0)

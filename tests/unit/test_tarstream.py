@@ -1,11 +1,12 @@
 """The lean tar reader against the standard library's writer, in every format it produces."""
 
 import io
+import random
 import tarfile
 
 import pytest
 
-from training.tarstream import TarFormatError, iter_members, parse_pax
+from training.tarstream import TarFormatError, _byte_sum, iter_members, parse_pax
 
 
 def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
@@ -69,3 +70,17 @@ def test_a_stream_cut_between_members_just_ends():
     one = make_tar(MEMBERS[:1])
     size = 512 + 1024  # header + two blocks of data: no end-of-archive blocks
     assert [n for n, _ in iter_members(one[:size])] == ["000001.jpg"]
+
+
+def test_views_instead_of_copies():
+    tar = make_tar(MEMBERS)
+    views = list(iter_members(tar, copy=False))
+    assert [(name, bytes(v)) for name, v in views] == [m for m in MEMBERS if m[1] is not None]
+    assert all(isinstance(v, memoryview) and v.obj is tar and v.readonly for _, v in views)
+
+
+def test_the_header_checksum_sum_is_exact():
+    rng = random.Random(0)
+    blocks = [bytes(512), b"\xff" * 512, bytes(range(256)) * 2]
+    blocks += [rng.randbytes(512) for _ in range(500)]
+    assert [_byte_sum(b) for b in blocks] == [sum(b) for b in blocks]
