@@ -15,10 +15,14 @@ import torch
 from PIL import Image
 
 
-def rounds(paths: dict, repeats: int) -> dict[str, list[float]]:
+def rounds(paths: dict, repeats: int, warmup: int = 0) -> dict[str, list[float]]:
     """The rate (items/s) of each path in each of ``repeats`` rounds, each round running every
     path once: interleaved, so that a slow spell of this shared machine hits all paths alike. A
-    path is a function returning how many items it processed."""
+    path is a function returning how many items it processed. ``warmup`` untimed rounds go
+    first, to leave out what a process pays once (imports, caches, first allocations)."""
+    for _ in range(warmup):
+        for fn in paths.values():
+            fn()
     rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():

@@ -173,8 +173,16 @@ def test_samples_that_wait_long_are_copied_out_of_their_shards():
     # One view keeps a whole shard alive, and the odd sample waits long in the shuffle buffer:
     # samples still waiting after `hold` (the buffer's size) reads are copied out, so a shard
     # goes at most 1.25 * hold reads after its last sample came in. The order does not change.
-    keys, overstay = _shuffle_retaining(data.detach_sample)
+    detached = []
+
+    def detach(sample):
+        detached.append(sample[0])
+        return data.detach_sample(sample)
+
+    keys, overstay = _shuffle_retaining(detach)
     assert max(overstay) <= 1.25 * 64
+    assert 0.25 < len(detached) / len(keys) < 0.4  # about a third are copied, once each
+    assert len(set(detached)) == len(detached)
     kept_keys, kept = _shuffle_retaining(None)
     assert max(kept) > 2 * 64  # without copying out, some shards live far longer
     assert keys == kept_keys and sorted(keys) == sorted(f"{s}/{i}" for s in range(60) for i in range(10))
