@@ -253,8 +253,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         # pure function of the seed.
         rng, buf, start = random.Random(seed), [], max(1, self.shuffle_buffer // 8)
         # Samples come in as views into their shard, and one view keeps its whole shard alive:
-        # the few samples that wait long in the buffer would keep ~14 ImageNet shards (1.5 GB)
-        # alive. Every quarter of `hold` reads, the samples waiting for more than `hold` reads
+        # the few samples that wait long in the buffer would keep some 14 ImageNet shards
+        # (1.5 GB) alive (a sample stays through k draws from a full buffer of B with odds
+        # e^(-k/B); of a 1,000-sample shard, one likely stays ~14,000 draws). Every quarter of `hold` reads, the samples waiting for more than `hold` reads
         # are copied out (detached), so a shard lives at most 1.25 * hold reads after its last
         # sample came in. With a full buffer, about a third of the samples wait that long.
         hold = self.shuffle_buffer
