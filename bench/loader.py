@@ -227,8 +227,8 @@ def main() -> int:
             }
             # One untimed round first: a process's first loader takes ~0.14 s longer to its
             # first batch, once (the collection that freezes the long-lived objects,
-            # data.freeze_long_lived_objects, and first-time set-up); it made round 1 of (b)
-            # the slowest of every run.
+            # data.freeze_long_lived_objects, and first-time set-up); without this round,
+            # round 1 of (b) was the slowest in each of three runs.
             per_round = rounds(paths, args.repeats, warmup=1)
             r = {name: max(rates) for name, rates in per_round.items()}
             regions = region_costs(files, args.repeats) if transforms._jpegroi is not None else {}
