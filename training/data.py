@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from training import storage, tarstream
+from training.batching import BatchBuilder
 from training.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -230,13 +231,17 @@ class ShardStream(torch.utils.data.IterableDataset):
                 for _ in range(stop - start - got):
                     yield None, None  # keep the slot so batch counts stay equal across ranks
 
-    def _decode(self, key, parts):
+    def _decode(self, key, parts, out=None):
+        """``(image, label)``, or None for a bad sample. ``out``: the batch slot a transform
+        with a ``shape`` writes its image into (``BatchBuilder``)."""
         if parts is None:
             return None
         try:
             label = int(bytes(parts["cls"]))
             # The transform decodes the bytes its own way (reduced-size for big photos).
-            return self.transform(parts["jpg"]), label
+            if out is None:
+                return self.transform(parts["jpg"]), label
+            return self.transform(parts["jpg"], out=out), label
         except Exception as exc:  # corrupt JPEG, missing label: skip and count
             log.warning("skipping bad sample %s: %s", key, exc)
             return None
@@ -287,8 +292,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         first = mine * self.batch_size
         stream = itertools.islice(self._shuffled(self._samples(ranges), seed, detach_sample),
                                   first, None)  # dropped before decoding
-        images, labels, skipped = [], [], 0
-        slots = 0
+        batch = BatchBuilder(self.batch_size, getattr(self.transform, "shape", None))
         for position, (key, parts) in enumerate(stream, start=first):
             if seed is not None:
                 # Augmentation draws from the `random` module, seeded per sample: the same
@@ -297,32 +301,15 @@ class ShardStream(torch.utils.data.IterableDataset):
                 # This draw used to seed numpy's generator; it stays so that every crop and
                 # shift is what it was and recorded studies reproduce digit for digit.
                 random.getrandbits(32)
-            sample = self._decode(key, parts)
-            slots += 1
+            sample = self._decode(key, parts, batch.slot())
             if sample is None:
-                skipped += 1
+                batch.skipped += 1
             else:
-                images.append(sample[0])
-                labels.append(sample[1])
-            if slots == self.batch_size:
-                yield self._collate(images, labels, skipped)
-                images, labels, skipped, slots = [], [], 0, 0
-        if slots:
-            yield self._collate(images, labels, skipped)
-
-    @staticmethod
-    def _collate(images, labels, skipped):
-        if not images:
-            return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
-        # Stacking is a plain copy only when the images are laid out alike: CHW in memory, or
-        # HWC seen as CHW (what the decoders, the resize and CIFAR's shift return), which stack
-        # into a channels_last batch. Anything else costs a strided gather (0.4 ms per
-        # 224 image on one core, as much as the resize).
-        if all(im.is_contiguous() for im in images):
-            batch = torch.stack(images)
-        else:
-            batch = torch.stack([im.movedim(-3, -1) for im in images]).movedim(-1, -3)
-        return batch, torch.tensor(labels, dtype=torch.long), skipped
+                batch.add(*sample)
+            if batch.slots == self.batch_size:
+                yield batch.take()
+        if batch.slots:
+            yield batch.take()
 
 
 _frozen_in: int | None = None

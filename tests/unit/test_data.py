@@ -194,9 +194,9 @@ def test_the_training_order_is_pinned(shards):
     loader = build_loader(shards, "train", batch_size=16, seed=3, epoch=1, rank=1, world_size=2)
     keys, decode = [], loader.dataset._decode
 
-    def recording(key, parts):
+    def recording(key, parts, out=None):
         keys.append(key)
-        return decode(key, parts)
+        return decode(key, parts, out)
 
     loader.dataset._decode = recording
     assert sum(len(y) for _, y in loader) == 80
@@ -289,3 +289,23 @@ def test_the_per_sample_augmentation_draws_are_pinned(shards):
     loader.dataset.transform = record
     next(iter(loader))
     assert drawn == [56993, 12662, 54808, 29169, 31390, 45961, 12199, 24159]
+
+
+@pytest.mark.parametrize("augment", ["cifar", "imagenet"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_filled_in_place_stay_what_they_were(shards, augment, workers):
+    # Each image is written into its slot of the batch (training/batching.py); worker
+    # processes send the batches through shared memory. Holding every batch or dropping each
+    # at once must give the same pixels, every batch in memory of its own.
+    def batches():
+        return build_loader(shards, "train", batch_size=16, image_size=16, augment=augment,
+                            seed=5, num_workers=workers)
+
+    def sums(images, labels):
+        return images.sum((1, 2, 3)).tolist(), labels.tolist()
+
+    dropped = [sums(*batch) for batch in batches()]  # each batch dropped as the next comes
+    held = list(batches())
+    assert len(held) == 10 and len({images.data_ptr() for images, _ in held}) == len(held)
+    assert all(images.is_contiguous(memory_format=torch.channels_last) for images, _ in held)
+    assert [sums(*batch) for batch in held] == dropped
