@@ -56,6 +56,10 @@ class BatchBuilder:
             self.images = empty_batch(self.size, self.shape)
         return self.images[len(self.labels)]
 
+    def skip(self) -> None:
+        """A bad sample: it takes a slot's turn but no row (a half-written slot is reused)."""
+        self.skipped += 1
+
     def add(self, image: torch.Tensor, label: int) -> None:
         if self.images is None:
             self.images = empty_batch(self.size, tuple(image.shape))

@@ -303,7 +303,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 random.getrandbits(32)
             sample = self._decode(key, parts, batch.slot())
             if sample is None:
-                batch.skipped += 1
+                batch.skip()
             else:
                 batch.add(*sample)
             if batch.slots == self.batch_size:

@@ -147,6 +147,12 @@ def decode_box(data: bytes, whole: tuple[int, int], box: tuple[float, float, flo
     return to_tensor(image)[:, y0:y1, x0:x1]
 
 
+def _written(image: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``image``, copied into ``out`` if given (``out`` may be what ``image`` was made from:
+    the flip and the stack below make new tensors first)."""
+    return image if out is None else out.copy_(image)
+
+
 def _resized(x: torch.Tensor, size: int | tuple[int, int],
              out: torch.Tensor | None = None) -> torch.Tensor:
     """A CHW uint8 image at ``size x size`` (or ``(height, width)``): bilinear, antialiased
@@ -155,7 +161,7 @@ def _resized(x: torch.Tensor, size: int | tuple[int, int],
     into it, the same pixels as without."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) == hw:
-        return x if out is None else out.copy_(x)
+        return _written(x, out)
     if out is None:
         return F.interpolate(_batch_of_one(x), size=hw, mode="bilinear", antialias=True,
                              align_corners=False)[0]
@@ -164,12 +170,6 @@ def _resized(x: torch.Tensor, size: int | tuple[int, int],
     torch._C._nn._upsample_bilinear2d_aa(_batch_of_one(x), hw, False, None, None,
                                          out=_batch_of_one(out))
     return out
-
-
-def _written(image: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """``image``, copied into ``out`` if given (``out`` may be what ``image`` was made from:
-    the flip and the stack below make new tensors first)."""
-    return image if out is None else out.copy_(image)
 
 
 def _batch_of_one(x: torch.Tensor) -> torch.Tensor:
