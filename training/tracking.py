@@ -154,6 +154,21 @@ class MlflowSink:
             if not self._stop.is_set():
                 self._send()
 
+    def _publish_last_samples(self) -> None:
+        """Log the system-metric samples MLflow's monitor took since its last publication.
+
+        The monitor logs a window of samples when the window's wait ends; ``finish`` ends the
+        wait early and drops that window, so a run shorter than the sampling interval (10 s: a
+        one-epoch demo run here) had no system metrics at all, and every run lost its last ones.
+        """
+        try:
+            leftover = self._monitor.aggregate_metrics()
+            if leftover:
+                self._monitor.publish_metrics(leftover)
+                self._monitor.mlflow_logger.flush()
+        except Exception as exc:  # a late system metric is not worth failing the run for
+            log.warning("could not log the last system metrics: %s", exc)
+
     def close(self) -> int:
         """Deliver what is buffered; return the number of points that could not be sent."""
         self._stop.set()
@@ -161,6 +176,7 @@ class MlflowSink:
         self._thread.join()
         if self._monitor is not None:
             self._monitor.finish()
+            self._publish_last_samples()
         deadline = time.monotonic() + self.close_timeout_s
         while not self._send() and time.monotonic() < deadline:
             time.sleep(1.0)
