@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from infra.local import services  # noqa: E402
 from orchestrator.demo_data import generate  # noqa: E402
 from orchestrator.shards import build_split  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
@@ -58,25 +56,9 @@ class Timed:
 
 
 def start_mlflow(folder: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = open(folder / "mlflow.log", "ab")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                             "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the MLflow server did not start")
-            time.sleep(0.5)
+    port = services.free_port()
+    cmd = services.mlflow_server_command(port, f"sqlite:///{folder / 'mlflow.db'}", "--workers", "1")
+    return services.start_mlflow(cmd, port, folder / "mlflow.log"), f"http://127.0.0.1:{port}"
 
 
 def main() -> int:
@@ -120,7 +102,7 @@ def main() -> int:
                 calls.append(sink.calls)
                 delivered.append(sink.inner.delivered)
         finally:
-            os.killpg(server.pid, signal.SIGKILL)
+            services.stop(server)
             server.wait()
     med = {k: statistics.median(v) for k, v in walls.items()}
     overhead = med["MLflow"] / med["no tracking"] - 1

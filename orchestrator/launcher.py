@@ -49,9 +49,11 @@ def cluster_capacity() -> dict:
 def cluster_ceiling() -> dict | None:
     """The most resources the cluster can ever hold, or None where that is unknown.
 
-    Ray's autoscaler v2 (KubeRay) publishes its node types in the GCS, the figure Ray Train
-    checks before placing workers. The v1 autoscaler of the cluster launcher does not; its
-    config is read instead, from ``DEPTHLAB_AUTOSCALER_CONFIG`` (the local stack sets it) or
+    Read from, in order: the node types an autoscaler published in the GCS (the figure Ray
+    Train checks before placing workers; Ray 2.60's autoscalers do not publish it yet); on
+    KubeRay, the RayCluster itself, through Ray's own reader of it (KubeRay names the cluster
+    in every Ray pod's environment and lets the head's service account read it); else the
+    cluster launcher's config, from ``DEPTHLAB_AUTOSCALER_CONFIG`` (the local stack sets it) or
     where the launcher puts it on the head, ``~/ray_bootstrap_config.yaml``.
     """
     try:
@@ -62,6 +64,10 @@ def cluster_ceiling() -> dict | None:
         published = None
     if published:
         return {k: float(v) for k, v in published.items()}
+    if os.environ.get("RAY_CLUSTER_NAME") and os.environ.get("RAY_CLUSTER_NAMESPACE"):
+        config = kuberay_autoscaling_config(os.environ["RAY_CLUSTER_NAME"],
+                                            os.environ["RAY_CLUSTER_NAMESPACE"])
+        return ceiling_from_autoscaler_config(config) if config else None
     path = Path(os.environ.get("DEPTHLAB_AUTOSCALER_CONFIG")
                 or Path.home() / "ray_bootstrap_config.yaml")
     try:
@@ -69,6 +75,20 @@ def cluster_ceiling() -> dict | None:
     except (OSError, yaml.YAMLError):
         return None
     return ceiling_from_autoscaler_config(config) if isinstance(config, dict) else None
+
+
+def kuberay_autoscaling_config(name: str, namespace: str) -> dict | None:
+    """The autoscaling config Ray's KubeRay autoscaler derives from the RayCluster ``name``
+    (read through the Kubernetes API with the pod's service account), or None when it cannot
+    be read: the capacity check then only warns."""
+    try:
+        from ray.autoscaler._private.kuberay.autoscaling_config import AutoscalingConfigProducer
+
+        return AutoscalingConfigProducer(name, namespace)()
+    except Exception as exc:  # no API access, an RBAC refusal, a Ray without the reader
+        print(f"note: cannot read RayCluster {namespace}/{name} for its node types ({exc}); "
+              "a run too big for the cluster will wait instead of being refused", flush=True)
+        return None
 
 
 def storage_location(path: str):

@@ -21,19 +21,25 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from infra.local.services import (  # noqa: E402
+    bin_path,
+    http_ok,
+    mlflow_server_command,
+    start_moto,
+    start_mlflow as start_mlflow_server,
+    wait_for,
+)
 from orchestrator import endpoints  # noqa: E402
 from orchestrator.demo_data import DATASETS  # noqa: E402
 
@@ -48,12 +54,6 @@ DEFAULT_PORTS = {"s3": 9400, "mlflow": 5050, "ray_gcs": 6390, "ray_dashboard": 8
                  "object_manager": 6397, "min_worker": 27000, "max_worker": 27199}
 WORKER_PORTS = 200
 MLFLOW_ADMIN = "depthlab"
-
-
-def bin_path(name: str) -> str:
-    """An executable of this Python's environment (the venv), falling back to PATH."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
 def state_dir_from(arg: str | None) -> Path:
@@ -108,32 +108,6 @@ def auto_ports() -> dict:
     raise RuntimeError("no free block of ports for Ray's workers")
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status < 500
-    except urllib.error.HTTPError as e:
-        return e.code < 500  # answering at all (e.g. 401/403/404) means it is up
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    tail = ""
-    if log and log.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    raise RuntimeError(f"{what} did not become healthy within {timeout:.0f}s"
-                       + (f"; last lines of {log}:\n{tail}" if tail else ""))
-
-
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -148,14 +122,6 @@ def pid_alive(pid: int | None) -> bool:
 
 
 # ---------------------------------------------------------------------------- processes
-
-def spawn(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-    """Start a service in its own process group (so down can stop it and its children)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, cwd=REPO_ROOT)
-
 
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
@@ -286,11 +252,7 @@ def describe_nodes(nodes: list[dict]) -> str:
 
 
 def start_s3(state: dict, folder: Path, env: dict) -> None:
-    proc = spawn([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(state["ports"]["s3"])],
-                 folder / "logs" / "s3.log", env)
-    state["pids"]["s3"] = proc.pid
-    wait_for(lambda: http_ok(urls(state)["s3"] + "/moto-api/"), "S3 server (moto)", 60, proc,
-             folder / "logs" / "s3.log")
+    state["pids"]["s3"] = start_moto(state["ports"]["s3"], folder / "logs" / "s3.log", env).pid
 
 
 def seed_demo_data(state: dict, folder: Path, env: dict) -> None:
@@ -319,23 +281,17 @@ def seed_demo_data(state: dict, folder: Path, env: dict) -> None:
 
 def start_mlflow(state: dict, folder: Path, env: dict) -> None:
     ports = state["ports"]
-    # The job runner (huey consumers for GenAI scorers) costs seven processes and a core at
-    # start; depthlab does not use it.
-    mlenv = dict(env, MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{ports['s3']}",
-                 MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = [bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
-           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-           "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--workers", "1"]
+    mlenv = dict(env, MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{ports['s3']}")
+    cmd = mlflow_server_command(ports["mlflow"], f"sqlite:///{folder / 'mlflow.db'}",
+                                "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts",
+                                "--workers", "1")
     if state.get("mlflow_auth"):
         cmd += ["--app-name", "basic-auth"]
         mlenv["MLFLOW_AUTH_CONFIG_PATH"] = str(write_mlflow_auth_config(state, folder))
         # The auth app's CSRF protection signs with it; stable across restarts of the server.
         mlenv["MLFLOW_FLASK_SERVER_SECRET_KEY"] = state["mlflow_secret_key"]
-    proc = spawn(cmd, folder / "logs" / "mlflow.log", mlenv)
-    state["pids"]["mlflow"] = proc.pid
-    # On 2 cores the first start (database migrations) takes up to a minute.
-    wait_for(lambda: http_ok(urls(state)["mlflow"] + "/health"), "MLflow server", 180, proc,
-             folder / "logs" / "mlflow.log")
+    state["pids"]["mlflow"] = start_mlflow_server(cmd, ports["mlflow"],
+                                                  folder / "logs" / "mlflow.log", mlenv).pid
 
 
 def write_mlflow_auth_config(state: dict, folder: Path) -> Path:

@@ -9,46 +9,20 @@ undelivered points, which a resumed worker sends again without duplicating any. 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import free_port
 
+from infra.local.services import mlflow_server_command, start_mlflow, stop
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def start_server(port: int, db: Path, log: Path) -> subprocess.Popen:
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--backend-store-uri", f"sqlite:///{db}", "--workers", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    deadline = time.monotonic() + 180  # up to a minute on 2 cores, more under load
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop_server(proc)
-                raise RuntimeError("MLflow server did not start:\n" + log.read_text()[-2000:])
-            time.sleep(0.5)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the server and its uvicorn workers
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
+    return start_mlflow(mlflow_server_command(port, f"sqlite:///{db}", "--workers", "1"), port, log)
 
 
 def wait_until(check, timeout: float, what: str) -> None:
@@ -77,7 +51,7 @@ def test_metrics_logged_while_mlflow_is_down_arrive_when_it_is_back(tmp_path, mo
             sink.log_metrics({"train/loss": float(step)}, step)
         wait_until(lambda: sink.delivered == 10, 60, "the first points never arrived")
 
-        stop_server(server)
+        stop(server)
         t0 = time.monotonic()
         for step in range(10, 30):  # the training loop goes on: logging only queues
             sink.log_metrics({"train/loss": float(step)}, step)
@@ -108,7 +82,7 @@ def test_metrics_logged_while_mlflow_is_down_arrive_when_it_is_back(tmp_path, mo
 
         # A server that never comes back: the loss is counted and said, not silent.
         late = MlflowSink(run_id, flush_every_s=0.5, close_timeout_s=2.0)
-        stop_server(server)
+        stop(server)
         for step in range(30, 35):
             late.log_metrics({"train/loss": float(step)}, step)
         with caplog.at_level(logging.ERROR, logger="depthlab"):
@@ -116,4 +90,4 @@ def test_metrics_logged_while_mlflow_is_down_arrive_when_it_is_back(tmp_path, mo
         assert f"could not deliver 5 metric points to MLflow run {run_id}" in caplog.text
     finally:
         if server.poll() is None:
-            stop_server(server)
+            stop(server)
