@@ -84,9 +84,20 @@ def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict],
               f"{tflops:.0f} TFLOP/s effective per device: an A100-class GPU in bf16)")
 
 
+def placeholder_problems(spec: SweepSpec) -> list[str]:
+    """Settings still holding a shipped config's placeholder (``YOUR-PREFIX``...)."""
+    values = {f"train.{k}": v for k, v in spec.runs()[0].to_dict().items()}
+    values["cluster.storage_path"] = spec.cluster.storage_path
+    return [f"{key} is {value!r}: replace the placeholder with --set {key}=... "
+            "(docs/cluster.md, Placeholders)" for key, value in values.items()
+            if isinstance(value, str) and "YOUR-" in value]
+
+
 def check_services(spec: SweepSpec) -> list[str]:
     """Problems that would stop the sweep, found before anything starts."""
-    problems = []
+    problems = placeholder_problems(spec)
+    if problems:  # asking S3 for a placeholder's bucket would only add a confusing second line
+        return problems
     data_url = spec.runs()[0].data_url
     for split in ("train", "val"):
         try:

@@ -287,3 +287,17 @@ def test_start_commands_survive_a_second_ray_up_and_set_efa_only_where_it_exists
     # The EFA variables only inside the test for an EFA device.
     assert worker.count("FI_PROVIDER") == 1 and re.search(
         r"if [^;]*fi_info -p efa[^;]*; then export FI_PROVIDER=efa [^;]*; fi", worker)
+
+
+def test_the_guide_makes_every_file_ray_up_copies_before_it_runs_ray_up():
+    text = (REPO / "docs" / "cluster.md").read_text()
+    block = text.split("<!-- aws-guide -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    steps = [line.strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    up = next(i for i, s in enumerate(steps) if s.startswith("ray up infra/aws/cluster.yaml"))
+    before = "\n".join(steps[:up])
+    for source in shipped()["file_mounts"].values():
+        if source == ".":
+            continue
+        made = {"~/.ray/auth_token": "ray get-auth-token --generate"}.get(source, f"> {source}")
+        assert made in before, source

@@ -137,3 +137,18 @@ def test_grid_exclude_drops_pairs_and_names_typos():
     assert spec.to_dict()["grid"]["exclude"] == ["preact-8"]
     with pytest.raises(SpecError, match="'preact-9' is not an arch-depth pair"):
         load_spec(REPO / "configs" / "demo.yaml", ["grid.exclude=[preact-9]"])
+
+
+def test_a_config_left_with_its_placeholders_is_refused_with_the_key_to_set():
+    from orchestrator.sweep import check_services, placeholder_problems
+
+    spec = load_spec(REPO / "configs" / "imagenet_table2.yaml")
+    problems = check_services(spec)
+    assert problems == placeholder_problems(spec) and len(problems) == 2
+    assert any(p.startswith("train.data_url is 's3://YOUR-PREFIX-data/imagenet': replace the "
+                            "placeholder with --set train.data_url=") for p in problems)
+    assert any(p.startswith("cluster.storage_path is") for p in problems)
+    filled = load_spec(REPO / "configs" / "imagenet_table2.yaml",
+                       ["train.data_url=s3://acme-data/imagenet",
+                        "cluster.storage_path=s3://acme-checkpoints/ray"])
+    assert placeholder_problems(filled) == []
