@@ -3,12 +3,15 @@
     experiment: depthlab-demo          # the MLflow experiment
     data_name: synthetic-shapes        # what the data is (the report shows paper figures for
                                        # cifar10 and imagenet only)
-    grid: {arch: [...], depth: [...], seed: [...]}
+    grid: {arch: [...], depth: [...], seed: [...],
+           variant: [...]}                 # optional: model options varied like arch and depth,
+                                       # e.g. [identity, {shortcut_variant: exclusive_gating,
+                                       # gate_bias: -6}, {shortcut: B}]
     train: {...}                       # training.config.TrainConfig fields shared by every run
     cluster: {workers_per_run: 2, cpus_per_worker: 1, use_gpu: false, ...}
 
-``SweepSpec.runs()`` expands the grid into one ``TrainConfig`` per (arch, depth, seed); those
-configs are what the workers receive, what MLflow records and what the checkpoints store.
+``SweepSpec.runs()`` expands the grid into one ``TrainConfig`` per (arch, depth, variant, seed);
+those configs are what the workers receive, what MLflow records and what the checkpoints store.
 """
 
 from __future__ import annotations
@@ -24,7 +27,32 @@ from training.config import TrainConfig, check_types
 from training.recipes import recipe_values
 
 TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster")
-GRID_KEYS = ("arch", "depth", "seed", "exclude")
+GRID_KEYS = ("arch", "depth", "seed", "exclude", "variant")
+# The model options a grid variant may set (training.config.TrainConfig fields).
+VARIANT_KEYS = ("shortcut", "stride_in_1x1", "zero_init_residual", "shortcut_variant",
+                "shortcut_scale", "branch_scale", "gate_bias", "shortcut_dropout")
+
+
+def variant_name(options: dict) -> str:
+    """A grid variant as the run names and the report show it: ``""`` for no options,
+    ``shortcut=B``, ``exclusive_gating gate_bias=-6``, ``scaling shortcut_scale=0.5 ...``."""
+    words = []
+    for key in VARIANT_KEYS:
+        if key not in options:
+            continue
+        value = options[key]
+        if key == "shortcut_variant":
+            if value != "identity" or len(options) == 1:
+                words.insert(0, str(value))
+        else:
+            words.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(words)
+
+
+def run_key(arch: str, depth: int, variant: str) -> str:
+    """``arch-depth`` and, with a variant, its name without spaces: the run's name before the
+    seed, and what ``grid.exclude`` matches."""
+    return f"{arch}-{depth}" + (f"-{variant.replace(' ', '-')}" if variant else "")
 
 
 class SpecError(ValueError):
@@ -79,32 +107,40 @@ class SweepSpec:
     train: dict = field(default_factory=dict)
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     data_name: str = ""
-    exclude: tuple[str, ...] = ()  # "arch-depth" pairs of the grid that are not trained
+    # Run keys ("arch-depth", or "arch-depth-variant") of the grid that are not trained.
+    exclude: tuple[str, ...] = ()
+    # The grid's variants: each a tuple of (model option, value) pairs; () is "as train says".
+    variants: tuple[tuple[tuple[str, object], ...], ...] = ((),)
 
     def runs(self) -> list[TrainConfig]:
-        """One config per (arch, depth, seed), in the order they are launched."""
+        """One config per (arch, depth, variant, seed), in the order they are launched."""
         out = []
         try:
             preset = recipe_values(self.train["recipe"]) if self.train.get("recipe") else {}
         except ValueError as exc:
             raise SpecError(f"train.recipe: {exc}") from None
-        for arch, depth, seed in itertools.product(self.archs, self.depths, self.seeds):
-            if f"{arch}-{depth}" in self.exclude:
+        for arch, depth, variant, seed in itertools.product(self.archs, self.depths,
+                                                            self.variants, self.seeds):
+            name = variant_name(dict(variant))
+            key = run_key(arch, depth, name)
+            if key in self.exclude or f"{arch}-{depth}" in self.exclude:
                 continue
-            values = dict(preset, **self.train, arch=arch, depth=depth, seed=seed,
-                          num_workers=self.cluster.workers_per_run,
-                          use_gpu=self.cluster.use_gpu, run_name=f"{arch}-{depth}-s{seed}")
+            values = dict(preset, **self.train, **dict(variant), arch=arch, depth=depth,
+                          seed=seed, num_workers=self.cluster.workers_per_run,
+                          use_gpu=self.cluster.use_gpu, run_name=f"{key}-s{seed}", variant=name)
             try:
                 out.append(TrainConfig.from_dict(values))
             except (ValueError, TypeError) as exc:
-                raise SpecError(f"run {arch}-{depth} (seed {seed}): {exc}") from None
+                raise SpecError(f"run {key} (seed {seed}): {exc}") from None
         return out
 
     def to_dict(self) -> dict:
         return {
             "experiment": self.experiment, "data_name": self.data_name,
             "grid": {"arch": list(self.archs), "depth": list(self.depths), "seed": list(self.seeds),
-                     "exclude": list(self.exclude)},
+                     "exclude": list(self.exclude),
+                     **({"variant": [dict(v) for v in self.variants]}
+                        if self.variants != ((),) else {})},
             "train": dict(self.train), "cluster": dataclasses.asdict(self.cluster),
         }
 
@@ -124,6 +160,25 @@ def _check_keys(section: dict, allowed, where: str) -> None:
         raise SpecError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(allowed)}")
 
 
+def _variants(raw) -> tuple[tuple[tuple[str, object], ...], ...]:
+    """``grid.variant``: a list of mappings of model options, or of shortcut-variant names."""
+    if raw is None:
+        return ((),)
+    out = []
+    for i, entry in enumerate(_as_list(raw, "variant")):
+        if isinstance(entry, str):
+            entry = {"shortcut_variant": entry}
+        if not isinstance(entry, dict) or not entry:
+            raise SpecError(f"grid.variant[{i}] must be a shortcut variant's name or a mapping "
+                            f"of model options ({', '.join(VARIANT_KEYS)}), got {entry!r}")
+        _check_keys(entry, VARIANT_KEYS, f"grid.variant[{i}]")
+        out.append(tuple((k, entry[k]) for k in VARIANT_KEYS if k in entry))
+    names = [variant_name(dict(v)) for v in out]
+    if len(set(names)) != len(names):
+        raise SpecError(f"grid.variant lists the same variant twice: {names}")
+    return tuple(out)
+
+
 def spec_from_dict(raw: dict) -> SweepSpec:
     _check_keys(raw, TOP_KEYS, "the spec")
     grid = raw.get("grid") or {}
@@ -131,7 +186,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
     train = dict(raw.get("train") or {})
     _check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)
                         if f.name not in ("arch", "depth", "seed", "num_workers", "use_gpu",
-                                          "mlflow_run_id", "run_name")], "train")
+                                          "mlflow_run_id", "run_name", "variant")], "train")
     cluster_raw = raw.get("cluster") or {}
     _check_keys(cluster_raw, [f.name for f in dataclasses.fields(ClusterSpec)], "cluster")
     try:
@@ -148,13 +203,16 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         seeds=tuple(int(s) for s in _as_list(grid.get("seed", [0]), "seed")),
         train=train, cluster=cluster, data_name=str(raw.get("data_name") or ""),
         exclude=tuple(str(x) for x in _as_list(grid["exclude"], "exclude")) if grid.get("exclude") else (),
+        variants=_variants(grid.get("variant")),
     )
-    pairs = {f"{a}-{d}" for a in spec.archs for d in spec.depths}
+    names = [variant_name(dict(v)) for v in spec.variants]
+    keys = {f"{a}-{d}" for a in spec.archs for d in spec.depths} | {
+        run_key(a, d, n) for a in spec.archs for d in spec.depths for n in names}
     for item in spec.exclude:
-        if item not in pairs:
-            raise SpecError(f"grid.exclude: {item!r} is not an arch-depth pair of the grid "
-                            f"({', '.join(sorted(pairs))})")
-    if pairs <= set(spec.exclude):
+        if item not in keys:
+            raise SpecError(f"grid.exclude: {item!r} is not a run of the grid "
+                            f"({', '.join(sorted(keys))})")
+    if not spec.runs():
         raise SpecError("grid.exclude leaves no run")
     spec.runs()  # every run must be valid before anything starts
     return spec

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from orchestrator.endpoints import is_secret
 from training.config import TrainConfig
+from training.models import variant_label
 
 TAG_SWEEP, TAG_ROLE, TAG_RUN_KEY = "depthlab.sweep_id", "depthlab.role", "depthlab.run_key"
 TAG_PARENT = "mlflow.parentRunId"
@@ -38,7 +39,12 @@ class ChildRun:
 def run_params(cfg: TrainConfig) -> dict:
     """MLflow params of a run: the config, resolved where a default applies; never a secret."""
     params = {k: v for k, v in cfg.to_dict().items() if k not in _SKIP_PARAMS and not is_secret(k)}
-    params["shortcut"] = cfg.resolved_shortcut()
+    net = cfg.resolved_net()
+    params["shortcut"] = net.shortcut
+    params["stride_in_1x1"] = net.stride_in_1x1
+    params["block"] = net.block
+    params.update(dict(net.variant_options))
+    params["shortcut_variant_resolved"] = variant_label(net) or "identity"
     params["lr_milestones"] = ",".join(str(m) for m in cfg.lr_milestones)
     return {k: ("" if v is None else str(v)) for k, v in params.items()}
 

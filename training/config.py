@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from training.models import resolve_spec
+from training.models import VARIANT_DEFAULTS, resolve_spec
 from training.transforms import AUGMENTS
 
 PRECISIONS = ("fp32", "bf16")
@@ -19,8 +19,17 @@ class TrainConfig:
     depth: int = 20
     dataset: str = "cifar"  # model family: "cifar" or "imagenet" ([P1] Sec. 4.2 / 3.4)
     shortcut: str | None = None  # None: the family's default (A for cifar, B for imagenet)
-    stride_in_1x1: bool = False
+    # None: the family's default (imagenet: stride on the 3x3 conv, torchvision's v1.5; cifar
+    # bottlenecks: on the first 1x1 conv, as [P2]'s code).
+    stride_in_1x1: bool | None = None
     zero_init_residual: bool = False
+    # [P2] Fig. 2 / Table 1 on the original unit; each variant reads only its own options
+    # (None: training.models.VARIANT_DEFAULTS).
+    shortcut_variant: str = "identity"
+    shortcut_scale: float | None = None  # scaling: the factor on the shortcut
+    branch_scale: float | None = None  # scaling: the factor on the residual branch
+    gate_bias: float | None = None  # exclusive_gating, shortcut_gating: b_g's initial value
+    shortcut_dropout: float | None = None  # dropout: the ratio on the shortcut's output
     num_classes: int | None = None  # None: the number of classes in the data's manifest
     seed: int = 0
     # Data.
@@ -60,6 +69,7 @@ class TrainConfig:
     # Tracking (filled by the orchestrator; empty in a plain single process).
     mlflow_run_id: str = ""
     run_name: str = ""
+    variant: str = ""  # the sweep grid's variant this run belongs to ("" when none), a record
 
     def __post_init__(self):
         # Lists from YAML become tuples so the config stays hashable and immutable.
@@ -76,14 +86,25 @@ class TrainConfig:
         return self.global_batch_size // self.num_workers
 
     def model_options(self) -> dict:
-        opts = {"stride_in_1x1": self.stride_in_1x1, "zero_init_residual": self.zero_init_residual}
+        """The options of ``training.models.build_model`` this config sets."""
+        opts = {"zero_init_residual": self.zero_init_residual}
         if self.shortcut:
             opts["shortcut"] = self.shortcut
+        if self.stride_in_1x1 is not None:
+            opts["stride_in_1x1"] = self.stride_in_1x1
+        if self.shortcut_variant != "identity":
+            opts["shortcut_variant"] = self.shortcut_variant
+        for name in VARIANT_DEFAULTS:
+            if getattr(self, name) is not None:
+                opts[name] = getattr(self, name)
         return opts
 
+    def resolved_net(self):
+        """The network's structure (``training.models.NetSpec``), defaults filled in."""
+        return resolve_spec(self.arch, self.depth, dataset=self.dataset, **self.model_options())
+
     def resolved_shortcut(self) -> str:
-        return resolve_spec(self.arch, self.depth, dataset=self.dataset,
-                            **self.model_options()).shortcut
+        return self.resolved_net().shortcut
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

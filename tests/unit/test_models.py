@@ -98,15 +98,12 @@ def test_stride_in_1x1_moves_the_stride():
 def test_preact_structure_follows_p2():
     model = build_model("preact", 20, dataset="cifar")
     first = model.layer1[0]
-    assert first.preact_input == "none" and not hasattr(first, "bn1")
-    assert model.layer2[0].preact_input == "both" and model.layer1[1].preact_input == "branch"
-    assert model.final_bn is not None
-
-
-def test_zero_init_residual_makes_every_unit_start_as_identity_plus_zero():
-    model = build_model("residual", 14, dataset="cifar", zero_init_residual=True)
-    for block in list(model.layer1) + list(model.layer2) + list(model.layer3):
-        assert torch.all(block.last_bn().weight == 0)
+    # The first unit takes the stem's activation; a unit where dimensions grow pre-activates
+    # its projection's input too; the others only their residual path.
+    assert first.pre == () and not hasattr(first, "bn1")
+    assert model.layer2[0].pre == ("bn1", "relu") and model.layer2[0].project_preactivated
+    assert model.layer1[1].pre == ("bn1", "relu") and not model.layer1[1].project_preactivated
+    assert model.final_bn is not None and model.final_relu
 
 
 def test_channels_last_and_bf16_autocast():
@@ -118,7 +115,8 @@ def test_channels_last_and_bf16_autocast():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(arch="dense", depth=20, dataset="cifar"), "plain, residual, preact"),
+    (dict(arch="dense", depth=20, dataset="cifar"),
+     "plain, residual, bn_after_add, relu_before_add, relu_preact, preact"),
     (dict(arch="plain", depth=19), "18, 34, 50, 101, 152, 200"),
     (dict(arch="plain", depth=18, dataset="cifar"), "6n\\+2"),
     (dict(arch="plain", depth=20, dataset="mnist"), "imagenet, cifar"),

@@ -34,7 +34,7 @@ def test_round_trip_through_to_dict():
     (["colour=blue"], "unknown key.*spec"),
     (["train.global_batch_size=127"], "not divisible"),
     (["cluster.workers_per_run=0"], "positive integer"),
-    (["grid.arch=[dense]"], "plain, residual, preact"),
+    (["grid.arch=[dense]"], "plain, residual, bn_after_add"),
     (["train.epochs=0"], "positive integer"),
     (["train.augment=autoaugment"], "cifar, imagenet"),
     (["train.lr_milestones=[0.8,0.2]"], "increasing"),
@@ -135,7 +135,7 @@ def test_grid_exclude_drops_pairs_and_names_typos():
     names = [c.run_name for c in spec.runs()]
     assert "preact-8-s0" not in names and "preact-14-s0" in names and len(names) == 5
     assert spec.to_dict()["grid"]["exclude"] == ["preact-8"]
-    with pytest.raises(SpecError, match="'preact-9' is not an arch-depth pair"):
+    with pytest.raises(SpecError, match="'preact-9' is not a run of the grid"):
         load_spec(REPO / "configs" / "demo.yaml", ["grid.exclude=[preact-9]"])
 
 
@@ -152,3 +152,27 @@ def test_a_config_left_with_its_placeholders_is_refused_with_the_key_to_set():
                        ["train.data_url=s3://acme-data/imagenet",
                         "cluster.storage_path=s3://acme-checkpoints/ray"])
     assert placeholder_problems(filled) == []
+
+
+def test_a_grid_varies_model_options_like_arch_and_depth():
+    from orchestrator.spec import SpecError
+
+    spec = load_spec(REPO / "configs" / "demo.yaml", [
+        "grid.arch=[plain,residual]", "grid.depth=[8]",
+        "grid.variant=[identity, {shortcut_variant: exclusive_gating, gate_bias: -6}, {shortcut: B}]",
+        "grid.exclude=[plain-8-exclusive_gating-gate_bias=-6, plain-8-shortcut=B]"])
+    runs = {c.run_name: c for c in spec.runs()}
+    assert sorted(runs) == ["plain-8-identity-s0", "residual-8-exclusive_gating-gate_bias=-6-s0",
+                            "residual-8-identity-s0", "residual-8-shortcut=B-s0"]
+    gated = runs["residual-8-exclusive_gating-gate_bias=-6-s0"]
+    assert gated.variant == "exclusive_gating gate_bias=-6" and gated.gate_bias == -6
+    assert gated.model_options()["shortcut_variant"] == "exclusive_gating"
+    assert runs["residual-8-shortcut=B-s0"].resolved_shortcut() == "B"
+    assert spec.to_dict()["grid"]["variant"][1] == {"shortcut_variant": "exclusive_gating",
+                                                    "gate_bias": -6}
+    with pytest.raises(SpecError, match="original unit"):  # a variant of another unit
+        load_spec(REPO / "configs" / "demo.yaml", ["grid.variant=[dropout]"])
+    with pytest.raises(SpecError, match=r"unknown key\(s\) \['gate'\] in grid.variant\[0\]"):
+        load_spec(REPO / "configs" / "demo.yaml", ["grid.variant=[{gate: 1}]"])
+    with pytest.raises(SpecError, match="same variant twice"):
+        load_spec(REPO / "configs" / "demo.yaml", ["grid.variant=[dropout, dropout]"])
