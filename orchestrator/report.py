@@ -12,29 +12,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FAMILIES = ("plain", "residual", "preact")
+from orchestrator import paper
+from training.models import ARCHS as FAMILIES
 
-# Top-1 error (%) the papers report, keyed by (data, arch, depth). [P1] Table 2 (ImageNet, 10-crop,
-# option A), Table 3 (ResNet-50/101/152, B), Table 6 (CIFAR-10); [P2] Table 3 (CIFAR-10).
-PAPER_TOP1 = {
-    ("imagenet", "plain", 18): 27.94, ("imagenet", "plain", 34): 28.54,
-    ("imagenet", "residual", 18): 27.88, ("imagenet", "residual", 34): 25.03,
-    ("imagenet", "residual", 50): 22.85, ("imagenet", "residual", 101): 21.75,
-    ("imagenet", "residual", 152): 21.43,
-    ("imagenet", "preact", 152): 21.1, ("imagenet", "preact", 200): 20.7,
-    ("cifar10", "residual", 20): 8.75, ("cifar10", "residual", 32): 7.51,
-    ("cifar10", "residual", 44): 7.17, ("cifar10", "residual", 56): 6.97,
-    ("cifar10", "residual", 110): 6.43, ("cifar10", "residual", 1202): 7.93,
-    ("cifar10", "residual", 164): 5.93, ("cifar10", "residual", 1001): 7.61,
-    ("cifar10", "preact", 110): 6.37, ("cifar10", "preact", 164): 5.46,
-    ("cifar10", "preact", 1001): 4.92,
-}
-PAPER_TOP5 = {
-    ("imagenet", "plain", 34): 10.02, ("imagenet", "residual", 34): 7.76,
-    ("imagenet", "residual", 50): 6.71, ("imagenet", "residual", 101): 6.05,
-    ("imagenet", "residual", 152): 5.71, ("imagenet", "preact", 152): 5.5,
-    ("imagenet", "preact", 200): 5.3,
-}
+# [P2] Table 2's names of the five units.
+UNIT_NAMES = {"residual": "(a) original", "bn_after_add": "(b) BN after addition",
+              "relu_before_add": "(c) ReLU before addition",
+              "relu_preact": "(d) ReLU-only pre-activation", "preact": "(e) full pre-activation"}
 
 
 @dataclass
@@ -46,6 +30,14 @@ class RunRecord:
     run_id: str = ""
     params: int | None = None  # model parameters
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    variant: str = ""  # the sweep grid's variant ("" when the grid has none)
+    net_variant: str = ""  # the shortcut variant it resolved to ("" for the identity)
+    shortcut: str = ""  # the resolved shortcut option (A, B, C)
+    eval_crops: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-{self.depth}" + (f" [{self.variant}]" if self.variant else "")
 
     def last(self, key: str) -> float | None:
         points = self.history.get(key) or []
@@ -65,39 +57,81 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
+def _by_protocol(values: list[float], protocol: str | None) -> tuple[float | None, str]:
+    """Our figure taken the way the paper's was: the best or the median of the seeds (the
+    mean when the paper gives none), and its name."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, "-"
+    n = len(values)
+    if n == 1:
+        return values[0], "1 run"
+    if protocol == paper.BEST5:
+        return min(values), f"best of {n}"
+    if protocol == paper.MEDIAN5:
+        return statistics.median(values), f"median of {n}"
+    return statistics.fmean(values), f"mean of {n}"
+
+
+def _group_order(records: list[RunRecord]):
+    variants = list(dict.fromkeys(r.variant for r in records))
+    return lambda key: (FAMILIES.index(key[0]) if key[0] in FAMILIES else 99, key[1],
+                        variants.index(key[2]))
+
+
 def summarize(records: list[RunRecord], data_name: str = "") -> dict:
-    """Per (arch, depth): final errors averaged over seeds, the paper's figure, and verdicts."""
-    groups: dict[tuple[str, int], list[RunRecord]] = {}
+    """Per (arch, depth, variant): final errors over the seeds, the paper's figure taken by the
+    same protocol, verdicts and the papers' claims tested on paired seeds."""
+    groups: dict[tuple[str, int, str], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.arch, r.depth), []).append(r)
+        groups.setdefault((r.arch, r.depth, r.variant), []).append(r)
     rows = []
-    for (arch, depth), runs in sorted(groups.items(), key=lambda kv: (
-            FAMILIES.index(kv[0][0]) if kv[0][0] in FAMILIES else 9, kv[0][1])):
+    for (arch, depth, variant), runs in sorted(groups.items(), key=lambda kv: _group_order(records)(kv[0])):
         done = [r for r in runs if r.status == "FINISHED"]
+        first = runs[0]
+        figure, others = paper.matching(data_name, arch, depth, first.shortcut, first.net_variant,
+                                        first.eval_crops)
+        finals = [r.last("val/error_top1") for r in done]
+        ours, how = _by_protocol(finals, figure.protocol if figure else None)
         rows.append({
-            "arch": arch, "depth": depth, "seeds": len(done), "runs": len(runs),
-            "params": runs[0].params,
+            "arch": arch, "depth": depth, "variant": variant, "net_variant": first.net_variant,
+            "shortcut": first.shortcut, "seeds": len(done), "runs": len(runs),
+            "params": first.params,
             "train_error_top1": _mean(r.tail_mean("train/error_top1") for r in done),
-            "val_error_top1": _mean(r.last("val/error_top1") for r in done),
+            "val_error_top1": _mean(finals),
             "val_error_top5": _mean(r.last("val/error_top5") for r in done),
-            "val_error_top1_per_seed": [r.last("val/error_top1") for r in done],
-            "paper_val_error_top1": PAPER_TOP1.get((data_name, arch, depth)),
-            "paper_val_error_top5": PAPER_TOP5.get((data_name, arch, depth)),
+            "val_error_top1_per_seed": finals,
+            "val_error_top1_as_paper": ours, "statistic": how,
+            "paper_val_error_top1": figure.top1 if figure else None,
+            "paper_val_error_top5": figure.top5 if figure else None,
+            "paper_failed": bool(figure and figure.top1 is None),
+            "paper_source": figure.label() if figure else "",
+            "paper_other_protocols": [
+                {"figure": f.top1, "source": f.label()} for f in others],
         })
     return {"data": data_name, "rows": rows, "verdicts": verdicts(rows),
             "comparisons": seed_comparisons(records)}
 
 
 def _row(rows, arch, depth):
-    return next((r for r in rows if r["arch"] == arch and r["depth"] == depth), None)
+    """The identity-shortcut row of (arch, depth), or None (absent, or several: a grid of
+    shortcut options)."""
+    found = [r for r in rows if r["arch"] == arch and r["depth"] == depth and not r["net_variant"]]
+    return found[0] if len(found) == 1 else None
+
+
+def _family_label(arch: str, deeper_better: bool) -> str:
+    name = {"residual": "residual", "preact": "pre-activation"}.get(arch, UNIT_NAMES.get(arch, arch))
+    return f"{name}: deeper is {'better' if deeper_better else 'not better'}"
 
 
 def verdicts(rows: list[dict]) -> list[str]:
     """Statements in words about depth and architecture, each with the numbers behind it."""
     out = []
     for arch in FAMILIES:
-        depths = sorted(r["depth"] for r in rows if r["arch"] == arch
-                        and r["train_error_top1"] is not None and r["val_error_top1"] is not None)
+        depths = sorted({r["depth"] for r in rows if r["arch"] == arch
+                         and r["train_error_top1"] is not None and r["val_error_top1"] is not None
+                         and _row(rows, arch, r["depth"])})
         if len(depths) < 2:
             continue
         lo, hi = _row(rows, arch, depths[0]), _row(rows, arch, depths[-1])
@@ -114,40 +148,79 @@ def verdicts(rows: list[dict]) -> list[str]:
             text = f"{a} trains no worse but validates worse than {b} ({numbers})"
         else:
             text = f"{a} trains and validates at least as well as {b} ({numbers})"
-        label = {"plain": "degradation" if dt > 0 else "no degradation",
-                 "residual": "residual: deeper is better" if dt <= 0 and dv <= 0
-                 else "residual: deeper is not better",
-                 "preact": "pre-activation: deeper is better" if dt <= 0 and dv <= 0
-                 else "pre-activation: deeper is not better"}[arch]
+        label = (("degradation" if dt > 0 else "no degradation") if arch == "plain"
+                 else _family_label(arch, dt <= 0 and dv <= 0))
         out.append(f"{label}: {text}")
     for depth in sorted({r["depth"] for r in rows}):
-        pre, res, plain = (_row(rows, a, depth) for a in ("preact", "residual", "plain"))
-        if res and plain and res["val_error_top1"] is not None and plain["val_error_top1"] is not None:
-            better = "better" if res["val_error_top1"] < plain["val_error_top1"] else "not better"
-            out.append(f"residual vs plain at depth {depth}: residual is {better} "
-                       f"(val error {res['val_error_top1']:.2f}% vs {plain['val_error_top1']:.2f}%)")
-        if pre and res and pre["val_error_top1"] is not None and res["val_error_top1"] is not None:
-            better = "better" if pre["val_error_top1"] < res["val_error_top1"] else "not better"
-            out.append(f"pre-activation vs original at depth {depth}: pre-activation is {better} "
-                       f"(val error {pre['val_error_top1']:.2f}% vs {res['val_error_top1']:.2f}%)")
+        res = _row(rows, "residual", depth)
+        pairs = [("residual vs plain", res, _row(rows, "plain", depth), "residual")]
+        pairs += [(f"{'pre-activation' if arch == 'preact' else UNIT_NAMES[arch]} vs original",
+                   _row(rows, arch, depth), res, "pre-activation" if arch == "preact" else arch)
+                  for arch in ("preact", "relu_preact", "relu_before_add", "bn_after_add")]
+        for what, a, b, subject in pairs:
+            if a and b and a["val_error_top1"] is not None and b["val_error_top1"] is not None:
+                better = "better" if a["val_error_top1"] < b["val_error_top1"] else "not better"
+                out.append(f"{what} at depth {depth}: {subject} is {better} "
+                           f"(val error {a['val_error_top1']:.2f}% vs {b['val_error_top1']:.2f}%)")
     return out
 
 
 # ---------------------------------------------------------------- comparisons across seeds
 
-# Non-inferiority margin, in points of error: "no higher" means the 95% interval of the paired
-# difference stays below it. One point is small beside the effects the papers show (several
-# points) and above the noise of a well-measured run.
+# Margin, in points of error: "no higher" means the 95% interval of the paired difference
+# stays below it, "about the same" that it stays within +- it. One point is small beside the
+# effects the papers show (several points) and above the noise of a well-measured run.
 NO_WORSE_MARGIN = 1.0
-# (label, run a, run b, what the papers say of a's training error against b's, and when):
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement of the papers about ``a - b``: nets named (arch, shortcut variant), at the
+    sweep's deepest / shallowest depth or at every depth both have ("same"), on the training
+    error (``train``: [P1]'s degradation figures) or the final validation error (``val``: the
+    papers' tables of test error)."""
+
+    label: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+    depth_a: str
+    depth_b: str
+    expected: str  # "higher" | "no higher" | "lower" | "about the same"
+    metric: str = "train"
+    over: tuple[str, ...] = ("end",)
+
+
 # [P1] Fig. 4/6: the deeper plain net trains worse throughout; the deeper residual net ends
 # lower (it may start slower); [P2] Fig. 1: pre-activation ends no higher than the original
 # (shown at 1001 layers; at 164 its Sec. 4.2 reports a slightly higher training loss at
-# convergence with a lower test error, so at small depths this claim may well fail).
+# convergence with a lower test error, so at small depths this claim may well fail). [P2]
+# Tables 1 and 2 (test error at the same depth) for the unit and shortcut variants.
 CLAIMS = (
-    ("degradation", "plain", "deep", "plain", "shallow", "higher", ("end", "run")),
-    ("residual learning", "residual", "deep", "residual", "shallow", "no higher", ("end",)),
-    ("pre-activation", "preact", "deep", "residual", "deep", "no higher", ("end",)),
+    Claim("degradation", ("plain", ""), ("plain", ""), "deep", "shallow", "higher",
+          over=("end", "run")),
+    Claim("residual learning", ("residual", ""), ("residual", ""), "deep", "shallow", "no higher"),
+    Claim("pre-activation", ("preact", ""), ("residual", ""), "deep", "deep", "no higher"),
+    Claim("full pre-activation beats the original", ("preact", ""), ("residual", ""), "same",
+          "same", "lower", "val"),
+    Claim("ReLU-only pre-activation is about as good as the original", ("relu_preact", ""),
+          ("residual", ""), "same", "same", "about the same", "val"),
+    Claim("BN after addition is worse than the original", ("bn_after_add", ""), ("residual", ""),
+          "same", "same", "higher", "val"),
+    Claim("ReLU before addition is worse than the original", ("relu_before_add", ""),
+          ("residual", ""), "same", "same", "higher", "val"),
+    Claim("exclusive gating (b_g = -6) is worse than identity",
+          ("residual", "exclusive_gating gate_bias=-6"), ("residual", ""), "same", "same",
+          "higher", "val"),
+    Claim("shortcut-only gating (b_g = -6) is about as good as identity",
+          ("residual", "shortcut_gating gate_bias=-6"), ("residual", ""), "same", "same",
+          "about the same", "val"),
+    Claim("constant scaling (0.5, 0.5) is worse than identity",
+          ("residual", "scaling shortcut_scale=0.5 branch_scale=0.5"), ("residual", ""), "same",
+          "same", "higher", "val"),
+    Claim("a 1x1 conv shortcut is worse than identity", ("residual", "conv1x1"),
+          ("residual", ""), "same", "same", "higher", "val"),
+    Claim("a dropout shortcut is worse than identity", ("residual", "dropout shortcut_dropout=0.5"),
+          ("residual", ""), "same", "same", "higher", "val"),
 )
 
 
@@ -158,13 +231,23 @@ def run_mean(record: RunRecord, key: str) -> float | None:
     return statistics.fmean(v for _, v in points) if points else None
 
 
-def paired_difference(records: list[RunRecord], a: tuple[str, int], b: tuple[str, int],
-                      measure) -> list[float]:
+def _finished_by_net(records: list[RunRecord]) -> dict[tuple, RunRecord]:
+    """(arch, shortcut variant, depth, seed) -> the finished run; nets with several runs per
+    seed (a grid of shortcut options) are left out: no claim could tell them apart."""
+    by: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        if r.status == "FINISHED":
+            by.setdefault((r.arch, r.net_variant, r.depth, r.seed), []).append(r)
+    return {k: v[0] for k, v in by.items() if len(v) == 1}
+
+
+def paired_difference(records: list[RunRecord], a: tuple, b: tuple, measure) -> list[float]:
     """``measure(run of a) - measure(run of b)`` for each seed both finished: paired by seed,
-    so the data order and the draw of the seed cancel out of the comparison."""
-    by = {(r.arch, r.depth, r.seed): r for r in records if r.status == "FINISHED"}
-    seeds = sorted({s for (arch, depth, s) in by if (arch, depth) == a}
-                   & {s for (arch, depth, s) in by if (arch, depth) == b})
+    so the data order and the draw of the seed cancel out of the comparison. ``a`` and ``b``
+    are (arch, depth) or (arch, shortcut variant, depth)."""
+    a, b = (a if len(a) == 3 else (a[0], "", a[1])), (b if len(b) == 3 else (b[0], "", b[1]))
+    by = _finished_by_net(records)
+    seeds = sorted({k[3] for k in by if k[:3] == a} & {k[3] for k in by if k[:3] == b})
     out = []
     for seed in seeds:
         x, y = measure(by[(*a, seed)]), measure(by[(*b, seed)])
@@ -200,58 +283,88 @@ def seeds_needed(diffs: list[float], bound: float, level: float = 0.95) -> int |
 
 def decide(diffs: list[float], claim: str, margin: float = NO_WORSE_MARGIN) -> str:
     """``"holds"``, ``"fails"`` or ``"open"`` for a claim about ``a - b``: "higher" holds when
-    the whole interval is above 0; "no higher" when it is below ``margin`` and fails when the
-    whole interval is above it."""
+    the whole interval is above 0, "lower" when it is below 0; "no higher" holds when it is
+    below ``margin`` and fails when the whole interval is above it; "about the same" holds
+    when it lies within +-``margin`` and fails when it lies wholly outside."""
     ci = interval(diffs)
     if ci is None:
         return "open"
     lo, hi = ci
     if claim == "higher":
         return "holds" if lo > 0 else "fails" if hi < 0 else "open"
+    if claim == "lower":
+        return "holds" if hi < 0 else "fails" if lo > 0 else "open"
+    if claim == "about the same":
+        return "holds" if -margin < lo and hi < margin else (
+            "fails" if lo > margin or hi < -margin else "open")
     return "holds" if hi < margin else "fails" if lo > margin else "open"
 
 
+def _threshold_distance(claim: str, mean: float, margin: float = NO_WORSE_MARGIN) -> float:
+    """How far the mean difference is from where the claim's verdict would change."""
+    if claim in ("higher", "lower"):
+        return abs(mean)
+    if claim == "about the same":
+        return margin - abs(mean)
+    return abs(margin - mean)
+
+
 def seed_comparisons(records: list[RunRecord]) -> list[dict]:
-    """The papers' three claims, tested on the recorded training error, paired by seed: at the
-    end of the run and over the whole run, each with its interval and the seeds it needs."""
+    """The papers' claims, paired by seed: each with its interval, verdict and the seeds it
+    needs. Claims whose two nets are not both in the sweep are left out."""
     depths = sorted({r.depth for r in records})
-    if len(depths) < 2:
-        return []
-    pick = {"deep": depths[-1], "shallow": depths[0]}
+    measures = {("train", "end"): lambda r: r.tail_mean("train/error_top1"),
+                ("train", "run"): lambda r: run_mean(r, "train/error_top1"),
+                ("val", "end"): lambda r: r.last("val/error_top1")}
+    nets = {(r.arch, r.net_variant, r.depth) for r in records}
     out = []
-    measures = {"end": lambda r: r.tail_mean("train/error_top1"),
-                "run": lambda r: run_mean(r, "train/error_top1")}
-    for label, arch_a, which_a, arch_b, which_b, claim, whens in CLAIMS:
-        a, b = (arch_a, pick[which_a]), (arch_b, pick[which_b])
-        for when in whens:
-            measure = measures[when]
-            diffs = paired_difference(records, a, b, measure)
-            if not diffs:
-                continue
-            mean = statistics.fmean(diffs)
-            threshold = 0.0 if claim == "higher" else NO_WORSE_MARGIN
-            ci = interval(diffs)
-            out.append({
-                "claim": label, "a": f"{a[0]}-{a[1]}", "b": f"{b[0]}-{b[1]}",
-                "expected": claim, "over": when, "seeds": len(diffs), "diffs": diffs,
-                "mean": mean, "ci95": list(ci) if ci else None,
-                "verdict": decide(diffs, claim),
-                "seeds_needed": seeds_needed(diffs, abs(threshold - mean)),
-            })
+    for claim in CLAIMS:
+        if claim.depth_a == "same":
+            pairs = [(d, d) for d in depths
+                     if (*claim.a, d) in nets and (*claim.b, d) in nets]
+        elif len(depths) >= 2:
+            pick = {"deep": depths[-1], "shallow": depths[0]}
+            pairs = [(pick[claim.depth_a], pick[claim.depth_b])]
+        else:
+            pairs = []
+        for depth_a, depth_b in pairs:
+            a, b = (*claim.a, depth_a), (*claim.b, depth_b)
+            for when in claim.over:
+                diffs = paired_difference(records, a, b, measures[(claim.metric, when)])
+                if not diffs:
+                    continue
+                mean = statistics.fmean(diffs)
+                ci = interval(diffs)
+                out.append({
+                    "claim": claim.label, "a": _net_name(a), "b": _net_name(b),
+                    "expected": claim.expected, "over": when, "metric": claim.metric,
+                    "seeds": len(diffs), "diffs": diffs, "mean": mean,
+                    "ci95": list(ci) if ci else None, "verdict": decide(diffs, claim.expected),
+                    "seeds_needed": seeds_needed(diffs, _threshold_distance(claim.expected, mean)),
+                })
     return out
+
+
+def _net_name(net: tuple[str, str, int]) -> str:
+    arch, variant, depth = net
+    return f"{arch}-{depth}" + (f" [{variant}]" if variant else "")
 
 
 def render_comparisons(comparisons: list[dict]) -> list[str]:
     if not comparisons:
         return []
     lines = ["", "## The papers' claims, seed by seed", "",
-             f"Training top-1 error of a minus b, paired by seed (points); 95% t interval. "
-             f"\"no higher\" holds when the interval stays below +{NO_WORSE_MARGIN:g} point.", "",
-             "| claim | a | b | a should be | over | seeds | a - b | 95% interval | verdict | seeds needed |",
+             "Top-1 error of a minus b, paired by seed (points): the training error at the end "
+             "of the run (mean of its last 10% of points) or over the whole run, or the final "
+             "validation error; 95% t interval. \"no higher\" holds when the interval stays "
+             f"below +{NO_WORSE_MARGIN:g} point, \"about the same\" when it stays within "
+             f"+-{NO_WORSE_MARGIN:g}.", "",
+             "| claim | a | b | a should be | error | seeds | a - b | 95% interval | verdict | seeds needed |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
         ci = "-" if c["ci95"] is None else f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
-        over = {"end": "end of run", "run": "whole run"}[c["over"]]
+        over = {("train", "end"): "train, end of run", ("train", "run"): "train, whole run",
+                ("val", "end"): "val, final"}[(c.get("metric", "train"), c["over"])]
         need = "-" if c["seeds_needed"] is None else str(c["seeds_needed"])
         lines.append(f"| {c['claim']} | {c['a']} | {c['b']} | {c['expected']} | {over} | "
                      f"{c['seeds']} | {c['mean']:+.2f} | {ci} | {c['verdict']} | {need} |")
@@ -262,19 +375,97 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _paper_cell(r: dict, key: str = "paper_val_error_top1") -> str:
+    return "fail (>20)" if r.get("paper_failed") and key == "paper_val_error_top1" else _fmt(r.get(key))
+
+
+def render_table(summary: dict) -> list[str]:
+    rows = summary["rows"]
+    with_variant = any(r.get("variant") for r in rows)
+    head = ["arch", "depth"] + (["variant"] if with_variant else []) + [
+        "params", "seeds", "train top-1", "val top-1", "val top-5", "paper top-1", "paper top-5",
+        "protocol (ours / paper)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for r in rows:
+        seeds = f"{r['seeds']}" + (f"/{r['runs']}" if r["seeds"] != r["runs"] else "")
+        params = "-" if r.get("params") is None else f"{r['params'] / 1e6:.2f}M"
+        ours = r.get("val_error_top1_as_paper", r["val_error_top1"])
+        protocol = f"{r.get('statistic', '-')} / {r.get('paper_source') or '-'}"
+        cells = [r["arch"], str(r["depth"])] + ([r.get("variant") or "-"] if with_variant else []) + [
+            params, seeds, _fmt(r["train_error_top1"]), _fmt(ours), _fmt(r["val_error_top5"]),
+            _paper_cell(r), _paper_cell(r, "paper_val_error_top5"), protocol]
+        lines.append("| " + " | ".join(cells) + " |")
+        for other in r.get("paper_other_protocols", []):
+            value = "fail" if other["figure"] is None else f"{other['figure']:.2f}"
+            notes.append(f"{r['arch']}-{r['depth']}: {value} ({other['source']}), not comparable "
+                         "with this run's evaluation" if "crop" in other["source"] else
+                         f"{r['arch']}-{r['depth']}: also {value} ({other['source']})")
+    if notes:
+        lines += ["", "Paper figures of other protocols, not set beside these runs:", ""]
+        lines += [f"- {n}" for n in notes]
+    return lines
+
+
+def render_unit_table(summary: dict) -> list[str]:
+    """[P2] Table 2's layout when the sweep has several of its units: a row per unit, a
+    column per depth, ours and the paper's test error side by side."""
+    rows = [r for r in summary["rows"] if r["arch"] in UNIT_NAMES and not r["net_variant"]]
+    if len({r["arch"] for r in rows}) < 2:
+        return []
+    depths = sorted({r["depth"] for r in rows})
+    lines = ["", "## [P2] Table 2 layout: the residual units", "",
+             "Validation top-1 error, ours (the paper's) in each cell.", "",
+             "| unit | " + " | ".join(f"depth {d}" for d in depths) + " |",
+             "|---|" + "---|" * len(depths)]
+    for arch in UNIT_NAMES:
+        cells = []
+        for d in depths:
+            r = _row(rows, arch, d)
+            cells.append("-" if r is None else
+                         f"{_fmt(r.get('val_error_top1_as_paper'))} ({_paper_cell(r)})")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {UNIT_NAMES[arch]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paths(variant: str) -> tuple[str, str]:
+    """Table 1's columns for a shortcut variant: what multiplies the shortcut and the branch."""
+    name, *options = variant.split() or ["identity"]
+    values = dict(o.split("=", 1) for o in options)
+    return {"identity": ("1", "1"),
+            "scaling": (values.get("shortcut_scale", "?"), values.get("branch_scale", "?")),
+            "exclusive_gating": ("1 - g(x)", "g(x)"), "shortcut_gating": ("1 - g(x)", "1"),
+            "conv1x1": ("1x1 conv", "1"),
+            "dropout": (f"dropout {values.get('shortcut_dropout', '?')}", "1")}.get(name, ("?", "?"))
+
+
+def render_variant_table(summary: dict) -> list[str]:
+    """[P2] Table 1's layout when the sweep varies the original unit's shortcut."""
+    rows = [r for r in summary["rows"] if r["arch"] == "residual"]
+    if not any(r["net_variant"] for r in rows):
+        return []
+    lines = ["", "## [P2] Table 1 layout: shortcut variants of the original unit", "",
+             "| depth | variant | on shortcut | on branch | val top-1 | paper | protocol (ours / paper) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shortcut, branch = _paths(r["net_variant"])
+        lines.append(f"| {r['depth']} | {r['net_variant'] or 'identity'} | {shortcut} | {branch} | "
+                     f"{_fmt(r.get('val_error_top1_as_paper'))} | {_paper_cell(r)} | "
+                     f"{r.get('statistic', '-')} / {r.get('paper_source') or '-'} |")
+    return lines
+
+
 def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
     lines = [f"# {title}", ""]
     if summary.get("data"):
         lines += [f"Data: {summary['data']}. Errors in percent; train error is the mean of the "
-                  "last 10% of logged points, validation error the final evaluation.", ""]
-    lines += ["| arch | depth | params | seeds | train top-1 | val top-1 | val top-5 | paper top-1 | paper top-5 |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        seeds = f"{r['seeds']}" + (f"/{r['runs']}" if r["seeds"] != r["runs"] else "")
-        params = "-" if r.get("params") is None else f"{r['params'] / 1e6:.2f}M"
-        lines.append(f"| {r['arch']} | {r['depth']} | {params} | {seeds} | {_fmt(r['train_error_top1'])} | "
-                     f"{_fmt(r['val_error_top1'])} | {_fmt(r['val_error_top5'])} | "
-                     f"{_fmt(r['paper_val_error_top1'])} | {_fmt(r['paper_val_error_top5'])} |")
+                  "last 10% of logged points over the seeds, validation error the final "
+                  "evaluation, taken over the seeds the way the paper's figure in the same row "
+                  "was (best, median or mean: the protocol column).", ""]
+    lines += render_table(summary)
+    lines += render_unit_table(summary)
+    lines += render_variant_table(summary)
     lines += ["", "## Verdicts", ""]
     lines += [f"- {v}" for v in summary["verdicts"]] or ["- not enough finished runs to compare"]
     lines += render_comparisons(summary.get("comparisons", []))
@@ -293,52 +484,89 @@ def mean_curve(records: list[RunRecord], key: str) -> tuple[list[int], list[floa
             [max(v) for v in values])
 
 
+PANEL_TITLES = {"plain": "plain", "residual": "residual (original unit)",
+                "preact": "residual (pre-activation)"}
+
+
+def panels(records: list[RunRecord]) -> list[tuple[str, list[tuple[str, list[RunRecord], bool, int]]]]:
+    """What the figure draws: ``(title, [(label, runs, dashed, colour key)])`` per panel.
+
+    A depth study gets [P1] Fig. 4's panels, one per net with a line per depth (and, beside
+    pre-activation, the original unit's validation curve dashed). Nets compared at one depth
+    (the units of [P2] Table 2, the shortcut variants of Table 1) get a panel per depth with a
+    line per net."""
+    groups: dict[tuple[str, str], dict[int, list[RunRecord]]] = {}
+    for r in records:
+        groups.setdefault((r.arch, r.variant), {}).setdefault(r.depth, []).append(r)
+    order = sorted(groups, key=lambda g: (FAMILIES.index(g[0]) if g[0] in FAMILIES else 99,
+                                          [r.variant for r in records].index(g[1])))
+    out = []
+    if any(len(by_depth) > 1 for by_depth in groups.values()):
+        for arch, variant in order:
+            lines = [(f"{arch}-{d}" + (f" [{variant}]" if variant else ""), runs, False, d)
+                     for d, runs in sorted(groups[(arch, variant)].items())]
+            if arch == "preact" and not variant:
+                # Claim 3 compares the two units at the same depth: the original unit's
+                # validation curve, dashed, beside each pre-activation depth.
+                lines += [(f"residual-{d} (original unit)", groups[("residual", "")][d], True, d)
+                          for d in sorted(groups[(arch, variant)]) if d in groups.get(("residual", ""), {})]
+            title = PANEL_TITLES.get(arch, UNIT_NAMES.get(arch, arch)) + (f" [{variant}]" if variant else "")
+            out.append((title, lines))
+    for depth in sorted({r.depth for r in records}):
+        here = [g for g in order if depth in groups[g]]
+        beyond_families = any(a not in PANEL_TITLES or v for a, v in here)
+        if len(here) < 2 or (out and not beyond_families):
+            continue
+        kind = "shortcut variants" if any(v for _, v in here) and {a for a, _ in here} == {"residual"} \
+            else "units" if not any(v for _, v in here) else "nets"
+        out.append((f"{kind} at depth {depth}",
+                    [(a + (f" [{v}]" if v else ""), groups[(a, v)][depth], False, i)
+                     for i, (a, v) in enumerate(here)]))
+    if not out:  # a single net
+        (arch, variant), = order[:1] or [("plain", "")]
+        out.append((PANEL_TITLES.get(arch, arch), [
+            (f"{arch}-{d}", runs, False, d) for d, runs in sorted(groups.get((arch, variant), {}).items())]))
+    return out
+
+
 def plot_curves(records: list[RunRecord], path: Path) -> Path:
-    """[P1] Fig. 4 style: one panel per family, a colour per depth, training error thin and
-    validation error bold, over iterations. With several seeds: their mean, and a band from
-    the lowest to the highest training error at each iteration."""
+    """The curves of ``panels``: training error thin, validation error bold, over iterations;
+    with several seeds their mean and a band from the lowest to the highest training error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    archs = [a for a in FAMILIES if any(r.arch == a for r in records)] or ["plain"]
-    depths = sorted({r.depth for r in records})
+    plan = panels(records)
+    columns = min(3, len(plan))
+    rows_n = -(-len(plan) // columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(5 * columns, 4 * rows_n), sharey=True,
+                             squeeze=False)
     colours = plt.get_cmap("viridis")
-    colour = {d: colours(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), sharey=True, squeeze=False)
-    for ax, arch in zip(axes[0], archs):
-        for depth in depths:
-            runs = [r for r in records if r.arch == arch and r.depth == depth]
-            if not runs:
-                continue
+    for ax, (title, lines) in zip(axes.flat, plan):
+        keys = sorted({line[3] for line in lines})
+        for label, runs, dashed, key in lines:
+            colour = colours(keys.index(key) / max(1, len(keys) - 1) * 0.85)
             seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
-            steps, mean, low, high = mean_curve(runs, "train/error_top1")
-            if steps:
-                ax.plot(steps, mean, color=colour[depth], linewidth=0.8, alpha=0.8)
-                if len(runs) > 1:
-                    ax.fill_between(steps, low, high, color=colour[depth], alpha=0.15, linewidth=0)
+            if not dashed:
+                steps, mean, low, high = mean_curve(runs, "train/error_top1")
+                if steps:
+                    ax.plot(steps, mean, color=colour, linewidth=0.8, alpha=0.8)
+                    if len(runs) > 1:
+                        ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
             steps, mean, _, _ = mean_curve(runs, "val/error_top1")
             if steps:
-                ax.plot(steps, mean, color=colour[depth], linewidth=2.4,
-                        label=f"{arch}-{depth}{seeds}")
-        if arch == "preact":
-            # Claim 3 compares the two units at the same depth: the original unit's validation
-            # curve, dashed, beside each pre-activation depth.
-            for depth in depths:
-                if not any(r.arch == arch and r.depth == depth for r in records):
-                    continue
-                steps, mean, _, _ = mean_curve(
-                    [r for r in records if r.arch == "residual" and r.depth == depth], "val/error_top1")
-                if steps:
-                    ax.plot(steps, mean, color=colour[depth], linewidth=1.6, linestyle="--",
-                            alpha=0.7, label=f"residual-{depth} (original unit)")
-        ax.set_title({"plain": "plain", "residual": "residual (original unit)",
-                      "preact": "residual (pre-activation)"}[arch])
+                ax.plot(steps, mean, color=colour, linewidth=1.6 if dashed else 2.4,
+                        linestyle="--" if dashed else "-", alpha=0.7 if dashed else 1.0,
+                        label=label + ("" if dashed else seeds))
+        ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-    axes[0][0].set_ylabel("top-1 error (%)  thin: train, bold: val")
+    for ax in list(axes.flat)[len(plan):]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("top-1 error (%)  thin: train, bold: val")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -384,5 +612,9 @@ def records_from_mlflow(tracker) -> list[RunRecord]:
             params=int(params["model_params"]) if params.get("model_params") else None,
             history={k: tracker.history(run.info.run_id, k)
                      for k in ("train/error_top1", "val/error_top1", "val/error_top5")},
+            variant=params.get("variant", ""),
+            net_variant="" if params.get("shortcut_variant_resolved", "identity") == "identity"
+            else params["shortcut_variant_resolved"],
+            shortcut=params.get("shortcut", ""), eval_crops=int(params.get("eval_crops") or 1),
         ))
     return records

@@ -1,14 +1,17 @@
 """Turning a dataset (see ``orchestrator.sources``) into WebDataset shards on a folder or S3.
 
-One sample is ``<key>.jpg`` (the original JPEG bytes, never re-encoded) and ``<key>.cls`` (the
-class index as ASCII). The class index is the position of the class id in sorted order, as
+One sample is ``<key>.jpg`` (the original JPEG bytes, never re-encoded) or, for a lossless
+source such as CIFAR's pixels (``orchestrator.cifar_source``), ``<key>.png``, and ``<key>.cls``
+(the class index as ASCII). The class index is the position of the class id in sorted order, as
 torchvision's ImageFolder numbers classes. Samples are shuffled across classes with a seed, so
 every shard mixes classes and a loader that reads a few shards still sees all of them.
 ``manifest.json`` is written last: its presence means the split is complete.
 
 Real ImageNet holds a few files that are not what their name says: 22 CMYK JPEGs and one PNG
-named .JPEG in the training set. Those (and any non-RGB/L JPEG or non-JPEG image) are converted
-to RGB JPEG and counted in the manifest; files that do not decode at all are skipped and counted.
+named .JPEG in the training set. A JPEG that is not RGB or greyscale is converted to an RGB JPEG
+(it was lossy already); any other format is stored as a PNG (RGB or greyscale PNGs as they are,
+others converted to RGB without loss); both are counted in the manifest. Files that do not
+decode at all are skipped and counted.
 
 Re-running skips shards already present with the expected size (the shards are a pure function
 of the source listing, the seed and the shard size), so an interrupted upload resumes.
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from orchestrator.cifar_source import find_cifar, load_cifar_split
 from orchestrator.sources import SourceSample, load_split
 from training import storage
 
@@ -38,21 +42,24 @@ def plan_shards(samples: list[SourceSample], shard_size: int, seed: int) -> list
     return [order[i: i + shard_size] for i in range(0, len(order), shard_size)]
 
 
-def as_rgb_jpeg(data: bytes) -> tuple[bytes, str]:
-    """The bytes to store and what was done: "kept", "converted" or "bad".
+def stored_image(data: bytes) -> tuple[bytes, str, str]:
+    """``(bytes to store, extension, what was done)``: "kept", "converted" or "bad".
 
-    Only the header is parsed for files that are fine, so originals cost no decode.
+    JPEGs stay JPEGs and everything else becomes a PNG, so a lossless source is never
+    re-encoded lossily. Only the header is parsed for files that are fine, so originals cost
+    no decode.
     """
     try:
         image = Image.open(io.BytesIO(data))
-        if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            return data, "kept"
+        ext = "jpg" if image.format == "JPEG" else "png"
+        if image.format in ("JPEG", "PNG") and image.mode in ("RGB", "L"):
+            return data, ext, "kept"
         image = image.convert("RGB")
     except Exception:
-        return b"", "bad"
+        return b"", "", "bad"
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=95)
-    return out.getvalue(), "converted"
+    image.save(out, "JPEG", quality=95) if ext == "jpg" else image.save(out, "PNG")
+    return out.getvalue(), ext, "converted"
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -63,16 +70,17 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def shard_bytes(samples: list[SourceSample]) -> tuple[bytes, dict]:
     """One shard's tar bytes, and counts of kept, converted and bad (skipped) images."""
-    counts = {"kept": 0, "converted": 0, "bad": 0}
+    counts = {"kept": 0, "converted": 0, "bad": 0, "jpg": 0, "png": 0}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            data, what = as_rgb_jpeg(s.read())
+            data, ext, what = stored_image(s.read())
             counts[what] += 1
             if what == "bad":
                 print(f"  skipping undecodable image {s.key}", file=sys.stderr)
                 continue
-            _add(tar, f"{s.key}.jpg", data)
+            counts[ext] += 1
+            _add(tar, f"{s.key}.{ext}", data)
             _add(tar, f"{s.key}.cls", str(s.label).encode())
     return buf.getvalue(), counts
 
@@ -108,17 +116,27 @@ def _train_classes(dest: str) -> list[str] | None:
 
 
 def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, seed: int = 0,
-                workers: int = 8) -> dict:
-    """Write ``dest/split/shard-NNNNNN.tar`` and then ``dest/split/manifest.json``; return it."""
+                workers: int = 8, holdout: int = 0) -> dict:
+    """Write ``dest/split/shard-NNNNNN.tar`` and then ``dest/split/manifest.json``; return it.
+
+    ``holdout``: for a CIFAR archive, the last N training images become ``val`` and the test
+    batch ``test`` ([P1]'s 45k/5k tuning split)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
-    src = load_split(Path(source), split,
-                     train_classes=_train_classes(dest) if split != "train" else None)
+    cifar = find_cifar(Path(source))
+    if cifar:
+        src = load_cifar_split(cifar[1], split, holdout=holdout)
+    elif holdout:
+        raise ValueError(f"--holdout applies to the CIFAR archives; {source} is not one")
+    else:
+        src = load_split(Path(source), split,
+                         train_classes=_train_classes(dest) if split != "train" else None)
     shards = plan_shards(src.samples, shard_size, seed)
     split_url = storage.join(dest, split)
     progress = Progress(len(shards), f"{split} -> {split_url}")
     lock = threading.Lock()
-    stats = {"written": 0, "already_there": 0, "kept": 0, "converted": 0, "bad": 0}
+    stats = {"written": 0, "already_there": 0, "kept": 0, "converted": 0, "bad": 0, "jpg": 0,
+             "png": 0}
 
     def one(index: int) -> dict:
         name = f"shard-{index:06d}.tar"
@@ -146,6 +164,7 @@ def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, 
         "source": src.origin,
         "converted": stats["converted"],
         "skipped": stats["bad"],
+        "image_formats": {"jpg": stats["jpg"], "png": stats["png"]},
         "seed": seed,
         "shard_size": shard_size,
     }

@@ -71,14 +71,17 @@ def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict],
           f"{spec.cluster.workers_per_run} workers each, at most "
           f"{spec.cluster.max_concurrent_runs} at once")
     samples = train_samples(spec)
-    print(f"  {'run':<18}{'shortcut':>9}{'params':>12}{'MACs/img':>12}{'img':>5}{'epochs':>8}"
-          f"{'device-h':>10}")
+    width = max([18] + [len(r["run"]) + 2 for r in rows])
+    print(f"  {'run':<{width}}{'shortcut':>9}{'params':>12}{'MACs/img':>12}{'img':>5}"
+          f"{'length':>12}{'device-h':>10}")
     total = 0.0
     for r in rows:
         hours = estimate_hours(r, samples, tflops) if samples else None
         total += hours or 0.0
-        print(f"  {r['run']:<18}{r['shortcut']:>9}{r['params']:>12,}{r['macs'] / 1e6:>11.1f}M"
-              f"{r['image_size']:>5}{r['epochs']:>8}" + (f"{hours:>10.2f}" if hours is not None else f"{'?':>10}"))
+        length = f"{r['max_steps']:,} it" if r["max_steps"] else f"{r['epochs']} ep"
+        print(f"  {r['run']:<{width}}{r['shortcut']:>9}{r['params']:>12,}{r['macs'] / 1e6:>11.1f}M"
+              f"{r['image_size']:>5}{length:>12}"
+              + (f"{hours:>10.2f}" if hours is not None else f"{'?':>10}"))
     if samples:
         print(f"  estimated {total:.1f} device-hours in all ({samples:,} training images, "
               f"{tflops:.0f} TFLOP/s effective per device: an A100-class GPU in bf16)")

@@ -238,10 +238,12 @@ class ShardStream(torch.utils.data.IterableDataset):
             return None
         try:
             label = int(bytes(parts["cls"]))
+            # A photo is a .jpg; a lossless source's pixels (CIFAR) a .png.
+            image = parts["jpg"] if "jpg" in parts else parts["png"]
             # The transform decodes the bytes its own way (reduced-size for big photos).
             if out is None:
-                return self.transform(parts["jpg"]), label
-            return self.transform(parts["jpg"], out=out), label
+                return self.transform(image), label
+            return self.transform(image, out=out), label
         except Exception as exc:  # corrupt JPEG, missing label: skip and count
             log.warning("skipping bad sample %s: %s", key, exc)
             return None

@@ -89,7 +89,7 @@ def test_claims_are_decided_from_paired_seeds():
     assert table[("degradation", "run")]["verdict"] == "holds"
     assert ("residual learning", "run") not in table  # a deeper net may start slower
     text = render_markdown(summarize(runs))
-    assert "| degradation | plain-32 | plain-8 | higher | end of run | 3 | +14.61 |" in text
+    assert "| degradation | plain-32 | plain-8 | higher | train, end of run | 3 | +14.61 |" in text
 
 
 def test_mean_curve_is_taken_at_the_steps_every_seed_logged():
@@ -99,3 +99,84 @@ def test_mean_curve_is_taken_at_the_steps_every_seed_logged():
     b = RunRecord("plain", 8, 1, history={"train/error_top1": [(10, 60.0), (20, 20.0)]})
     assert mean_curve([a, b], "train/error_top1") == ([10, 20], [55.0, 30.0], [50.0, 20.0], [60.0, 40.0])
     assert mean_curve([a], "val/error_top1") == ([], [], [], [])
+
+
+# ---------------------------------------------------------------- [P2]'s ablations
+
+def variant_record(arch, depth, val_end, seed, variant="", net_variant=None, train_end=None):
+    r = record(arch, depth, val_end - 2 if train_end is None else train_end, val_end, seed)
+    r.variant, r.net_variant = variant, variant if net_variant is None else net_variant
+    r.shortcut = "A"
+    return r
+
+
+def unit_sweep():
+    """Table 2's five units at 110 layers over five seeds, (e) best, (b) worst."""
+    offsets = {"residual": 7.0, "bn_after_add": 9.0, "relu_before_add": 8.5,
+               "relu_preact": 7.1, "preact": 6.0}
+    return [variant_record(arch, 110, base + 0.1 * seed * (-1) ** seed, seed)
+            for arch, base in offsets.items() for seed in range(5)]
+
+
+def test_the_unit_ablation_is_laid_out_as_p2_table_2_with_its_protocol():
+    summary = summarize(unit_sweep(), "cifar10")
+    rows = {r["arch"]: r for r in summary["rows"]}
+    # [P2] reports the median of 5: ours is taken the same way, and says so.
+    assert rows["preact"]["statistic"] == "median of 5"
+    assert rows["preact"]["paper_val_error_top1"] == 6.37
+    assert rows["preact"]["paper_source"] == "[P2] Table 2, median of 5"
+    assert abs(rows["preact"]["val_error_top1_as_paper"] - 6.0) < 0.25
+    text = render_markdown(summary)
+    assert "## [P2] Table 2 layout: the residual units" in text
+    assert "| (d) ReLU-only pre-activation | " in text and "(6.71) |" in text
+    claims = {c["claim"]: c for c in summary["comparisons"]}
+    assert claims["full pre-activation beats the original"]["verdict"] == "holds"
+    assert claims["ReLU-only pre-activation is about as good as the original"]["verdict"] == "holds"
+    assert claims["BN after addition is worse than the original"]["verdict"] == "holds"
+    assert claims["full pre-activation beats the original"]["metric"] == "val"
+
+
+def test_the_shortcut_variants_are_laid_out_as_p2_table_1():
+    runs = []
+    for seed in range(3):
+        runs.append(variant_record("residual", 110, 7.0 + 0.1 * seed, seed, "identity", ""))
+        runs.append(variant_record("residual", 110, 9.0 + 0.2 * seed, seed,
+                                   "exclusive_gating gate_bias=-6"))
+        runs.append(variant_record("residual", 110, 60.0 + seed, seed,
+                                   "dropout shortcut_dropout=0.5"))
+    summary = summarize(runs, "cifar10")
+    text = render_markdown(summary)
+    assert "## [P2] Table 1 layout: shortcut variants of the original unit" in text
+    assert "| 110 | exclusive_gating gate_bias=-6 | 1 - g(x) | g(x) | 9.20 | 8.70 |" in text
+    assert "| 110 | dropout shortcut_dropout=0.5 | dropout 0.5 | 1 | 61.00 | fail (>20) |" in text
+    claims = {c["claim"]: c for c in summary["comparisons"]}
+    gating = claims["exclusive gating (b_g = -6) is worse than identity"]
+    assert gating["a"] == "residual-110 [exclusive_gating gate_bias=-6]" and gating["b"] == "residual-110"
+    assert gating["verdict"] == "holds" and gating["seeds"] == 3
+
+
+def test_imagenet_figures_of_another_crop_protocol_are_never_set_beside_a_run():
+    single = variant_record("residual", 152, 23.0, 0)
+    single.shortcut, single.eval_crops = "B", 1
+    row = summarize([single], "imagenet")["rows"][0]
+    assert row["paper_val_error_top1"] == 22.16  # fb.resnet.torch's single 224 crop
+    notes = render_markdown(summarize([single], "imagenet"))
+    assert "21.43 ([P1] Table 3, 10-crop), not comparable" in notes
+    assert "21.30 ([P2] Table 5, single 320 crop), not comparable" in notes
+    ten = variant_record("residual", 34, 25.5, 0)
+    ten.shortcut, ten.eval_crops = "C", 10
+    assert summarize([ten], "imagenet")["rows"][0]["paper_val_error_top1"] == 24.19
+
+
+def test_a_sweep_of_units_and_variants_plots_a_panel_per_group(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from orchestrator.report import panels
+
+    titles = [title for title, _ in panels(unit_sweep())]
+    assert titles == ["units at depth 110"]
+    titles = [title for title, _ in panels(DEGRADATION)]
+    assert titles == ["plain", "residual (original unit)", "residual (pre-activation)"]
+    summary, files = write_report(unit_sweep(), tmp_path, "cifar10")
+    assert files[1].stat().st_size > 10_000

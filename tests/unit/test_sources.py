@@ -95,16 +95,19 @@ def test_archives_are_read_in_place_with_devkit_labels(archives, tmp_path):
     wnids = sorted(w for _, w, _ in SYNSETS)
     assert train["classes"] == wnids == val["classes"]
     assert train["class_names"] == {"n01000001": "first", "n02000002": "second", "n03000003": "third"}
-    assert train["num_samples"] == 14 and train["converted"] == 2 and train["stats"]["bad"] == 0
+    assert train["num_samples"] == 14 and train["converted"] == 1 and train["stats"]["bad"] == 0
+    assert train["image_formats"] == {"jpg": 13, "png": 1}
 
     _, got = samples_of(dest, "train")
     originals = {Path(n).stem: (wnids.index(w), d) for (w, n), d in train_images().items()}
     for key, parts in got.items():
         label, data = originals[key]
         assert int(parts["cls"]) == label
-        if key.endswith(("_cmyk", "_png")):
+        if key.endswith("_cmyk"):  # lossy already: an RGB JPEG
             converted = Image.open(io.BytesIO(parts["jpg"]))
             assert converted.format == "JPEG" and converted.mode == "RGB"
+        elif key.endswith("_png"):  # lossless: kept as the PNG it is, whatever its name said
+            assert parts["png"] == data and "jpg" not in parts
         else:
             assert parts["jpg"] == data  # original bytes, not re-encoded
 

@@ -31,3 +31,24 @@ def test_stack_defaults_never_override_the_users_variables(monkeypatch, tmp_path
     assert apply_local_stack_defaults() == ["AWS_ENDPOINT_URL"]
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://mine"
     assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:6"
+
+
+def test_params_say_which_variant_a_run_is_and_the_report_reads_it_back():
+    from types import SimpleNamespace
+
+    from orchestrator.report import records_from_mlflow
+
+    cfg = TrainConfig(arch="residual", depth=20, shortcut_variant="exclusive_gating",
+                      variant="exclusive_gating")
+    params = run_params(cfg)
+    assert params["shortcut_variant"] == "exclusive_gating" and params["gate_bias"] == "-6.0"
+    assert params["shortcut_variant_resolved"] == "exclusive_gating gate_bias=-6"
+    assert params["variant"] == "exclusive_gating" and params["stride_in_1x1"] == "True"
+    run = SimpleNamespace(data=SimpleNamespace(params=params, tags={}),
+                          info=SimpleNamespace(status="FINISHED", run_id="r1"))
+    tracker = SimpleNamespace(children=lambda: [run], history=lambda run_id, key: [(1, 5.0)])
+    (record,) = records_from_mlflow(tracker)
+    assert record.net_variant == "exclusive_gating gate_bias=-6" and record.variant == "exclusive_gating"
+    assert record.shortcut == "A" and record.eval_crops == 1
+    plain = run_params(TrainConfig(arch="plain", depth=20))
+    assert plain["shortcut_variant_resolved"] == "identity" and "gate_bias" in plain
