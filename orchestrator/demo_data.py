@@ -14,7 +14,9 @@ Two datasets of the local stack use it: the demo's (10 classes) and the CPU degr
 (12 classes: 3 shapes x 4 tilts, 0/30/60/90 degrees), see ``DATASETS``.
 
 Layout (as ImageNet's): ``root/{train,val}/<class id>/<class id>_<n>.JPEG`` and ``root/classes.txt``
-(``<class id> <class name>`` per line, like the devkit's mapping).
+(``<class id> <class name>`` per line, like the devkit's mapping). With ``holdout_per_class``,
+also ``root/holdout/``: fresh images of the same classes, for choosing settings (a sweep's
+``tune`` stage) without looking at the split the report uses.
 """
 
 from __future__ import annotations
@@ -78,20 +80,26 @@ def render(rng: np.random.Generator, shape: str, theta: float, size: int) -> np.
 
 
 def generate(root: str | Path, *, num_classes: int = 10, train_per_class: int = 400,
-             val_per_class: int = 60, size: int = 16, seed: int = 0, quality: int = 90) -> Path:
+             val_per_class: int = 60, size: int = 16, seed: int = 0, quality: int = 90,
+             holdout_per_class: int = 0) -> Path:
     """Write the dataset under ``root`` (idempotent: an existing complete dataset is kept).
 
     The defaults are the demo's: 4,000 training and 600 validation images of 16x16 pixels.
     """
     root = Path(root)
     done = root / ".complete"
-    wanted = signature(num_classes, train_per_class, val_per_class, size, seed, quality)
+    wanted = signature(num_classes, train_per_class, val_per_class, size, seed, quality,
+                       holdout_per_class)
     if done.exists() and done.read_text().strip() == wanted:
         return root
-    for split in ("train", "val"):  # another or a partial dataset: nothing of it may remain
+    for split in ("train", "val", "holdout"):  # another or a partial dataset: nothing may remain
         shutil.rmtree(root / split, ignore_errors=True)
     table = class_table(num_classes)
-    for split, per_class, offset in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+    # Each split draws from its own generators (offset), so adding a split changes no image.
+    splits = [("train", train_per_class, 0), ("val", val_per_class, 1)]
+    if holdout_per_class:
+        splits.append(("holdout", holdout_per_class, 2))
+    for split, per_class, offset in splits:
         for k, (cid, _, theta) in enumerate(table):
             folder = root / split / cid
             folder.mkdir(parents=True, exist_ok=True)
@@ -108,8 +116,10 @@ def generate(root: str | Path, *, num_classes: int = 10, train_per_class: int = 
 
 # The datasets the local stack keeps in its bucket: prefix -> generate() arguments.
 DATASETS = {
-    "demo-data": {"num_classes": 10, "train_per_class": 400, "val_per_class": 60},
-    "shapes12": {"num_classes": 12, "train_per_class": 400, "val_per_class": 60},
+    "demo-data": {"num_classes": 10, "train_per_class": 400, "val_per_class": 60,
+                  "holdout_per_class": 60},
+    "shapes12": {"num_classes": 12, "train_per_class": 400, "val_per_class": 60,
+                 "holdout_per_class": 60},
 }
 
 
@@ -118,7 +128,7 @@ VERSION = 3
 
 
 def signature(num_classes: int = 10, train_per_class: int = 400, val_per_class: int = 60,
-              size: int = 16, seed: int = 0, quality: int = 90) -> str:
+              size: int = 16, seed: int = 0, quality: int = 90, holdout_per_class: int = 0) -> str:
     """What identifies a generated dataset: the rendering's version and ``generate``'s arguments."""
-    return " ".join(map(str, (f"v{VERSION}", num_classes, train_per_class, val_per_class, size,
-                              seed, quality)))
+    fields = [f"v{VERSION}", num_classes, train_per_class, val_per_class, size, seed, quality]
+    return " ".join(map(str, fields + ([f"holdout{holdout_per_class}"] if holdout_per_class else [])))

@@ -34,6 +34,8 @@ class RunRecord:
     net_variant: str = ""  # the shortcut variant it resolved to ("" for the identity)
     shortcut: str = ""  # the resolved shortcut option (A, B, C)
     eval_crops: int = 1
+    # [P1] Fig. 7: the last measurement of the layer responses, {"layers": [...], "std": [...]}.
+    responses: dict | None = None
 
     @property
     def name(self) -> str:
@@ -109,8 +111,9 @@ def summarize(records: list[RunRecord], data_name: str = "") -> dict:
             "paper_other_protocols": [
                 {"figure": f.top1, "source": f.label()} for f in others],
         })
-    return {"data": data_name, "rows": rows, "verdicts": verdicts(rows),
-            "comparisons": seed_comparisons(records)}
+    comparisons = seed_comparisons(records)
+    return {"data": data_name, "rows": rows, "observations": observations(rows),
+            "verdicts": worded_verdicts(comparisons), "comparisons": comparisons}
 
 
 def _row(rows, arch, depth):
@@ -125,8 +128,9 @@ def _family_label(arch: str, deeper_better: bool) -> str:
     return f"{name}: deeper is {'better' if deeper_better else 'not better'}"
 
 
-def verdicts(rows: list[dict]) -> list[str]:
-    """Statements in words about depth and architecture, each with the numbers behind it."""
+def observations(rows: list[dict]) -> list[str]:
+    """What the means over the seeds show about depth and architecture, with the numbers: not
+    verdicts (those come from the paired intervals, ``worded_verdicts``)."""
     out = []
     for arch in FAMILIES:
         depths = sorted({r["depth"] for r in rows if r["arch"] == arch
@@ -300,6 +304,25 @@ def decide(diffs: list[float], claim: str, margin: float = NO_WORSE_MARGIN) -> s
     return "holds" if hi < margin else "fails" if lo > margin else "open"
 
 
+def worded_verdicts(comparisons: list[dict]) -> list[str]:
+    """One sentence per claim decided on two or more paired seeds, from its interval: what a
+    single seed shows is an observation, not a verdict."""
+    out = []
+    for c in comparisons:
+        if c["ci95"] is None:
+            continue
+        error = {("train", "end"): "training error at the end",
+                 ("train", "run"): "training error over the run",
+                 ("val", "end"): "final validation error"}[(c.get("metric", "train"), c["over"])]
+        word = {"holds": "holds", "fails": "fails", "open": "is open"}[c["verdict"]]
+        need = (f"; about {c['seeds_needed']} seeds would settle it"
+                if c["verdict"] == "open" and c["seeds_needed"] else "")
+        out.append(f"{c['claim']} ({c['a']} vs {c['b']}, {c['expected']}): {word}: "
+                   f"{c['mean']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] points of "
+                   f"{error}, {c['seeds']} seeds{need}")
+    return out
+
+
 def _threshold_distance(claim: str, mean: float, margin: float = NO_WORSE_MARGIN) -> float:
     """How far the mean difference is from where the claim's verdict would change."""
     if claim in ("higher", "lower"):
@@ -464,10 +487,24 @@ def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
                   "evaluation, taken over the seeds the way the paper's figure in the same row "
                   "was (best, median or mean: the protocol column).", ""]
     lines += render_table(summary)
+    if summary.get("tuning"):
+        from orchestrator.tuning import render_tuning
+
+        t = summary["tuning"]
+        errors = {net: {float(lr): v for lr, v in by_lr.items()} for net, by_lr in t["errors"].items()}
+        lines += render_tuning(errors, t["chosen"], t["split"])
     lines += render_unit_table(summary)
     lines += render_variant_table(summary)
-    lines += ["", "## Verdicts", ""]
-    lines += [f"- {v}" for v in summary["verdicts"]] or ["- not enough finished runs to compare"]
+    lines += ["", "## Verdicts", "",
+              "The papers' claims, decided on the 95% interval of the difference paired by seed "
+              "(the table below); a claim needs two seeds or more.", ""]
+    lines += [f"- {v}" for v in summary["verdicts"]] or [
+        "- none: no claim of the papers has two paired seeds in this sweep"]
+    seeds = max((r["seeds"] for r in summary["rows"]), default=0)
+    lines += ["", "## Observations", "",
+              "What the means show" + (" (one seed: observations, not verdicts)" if seeds < 2
+                                       else " (means over the seeds; verdicts above)") + ".", ""]
+    lines += [f"- {v}" for v in summary.get("observations", [])] or ["- not enough finished runs to compare"]
     lines += render_comparisons(summary.get("comparisons", []))
     return "\n".join(lines) + "\n"
 
@@ -574,27 +611,100 @@ def plot_curves(records: list[RunRecord], path: Path) -> Path:
     return path
 
 
+def mean_responses(records: list[RunRecord]) -> dict[tuple[str, int, str], list[float]]:
+    """(arch, depth, variant) -> each layer's response std, the mean over the seeds."""
+    out: dict[tuple[str, int, str], list[list[float]]] = {}
+    for r in records:
+        if r.status == "FINISHED" and r.responses and r.responses.get("std"):
+            out.setdefault((r.arch, r.depth, r.variant), []).append(r.responses["std"])
+    return {k: [statistics.fmean(layer) for layer in zip(*v)] for k, v in out.items()
+            if len({len(x) for x in v}) == 1}
+
+
+def plot_responses(records: list[RunRecord], path: Path) -> Path | None:
+    """[P1] Fig. 7: per net, the std of each 3x3 layer's response by layer index (top) and
+    sorted in descending order (bottom), a line per depth; None when no run measured them."""
+    curves = mean_responses(records)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = sorted({(a, v) for a, _, v in curves}, key=lambda n: (
+        FAMILIES.index(n[0]) if n[0] in FAMILIES else 99, n[1]))
+    fig, axes = plt.subplots(2, len(nets), figsize=(4.5 * len(nets), 7), squeeze=False,
+                             sharey="row")
+    colours = plt.get_cmap("viridis")
+    depths = sorted({d for _, d, _ in curves})
+    for col, (arch, variant) in enumerate(nets):
+        for depth in depths:
+            stds = curves.get((arch, depth, variant))
+            if not stds:
+                continue
+            colour = colours(depths.index(depth) / max(1, len(depths) - 1) * 0.85)
+            label = f"{arch}-{depth}" + (f" [{variant}]" if variant else "")
+            axes[0][col].plot(range(1, len(stds) + 1), stds, color=colour, label=label)
+            axes[1][col].plot(range(1, len(stds) + 1), sorted(stds, reverse=True), color=colour,
+                              label=label)
+        axes[0][col].set_title(PANEL_TITLES.get(arch, UNIT_NAMES.get(arch, arch))
+                               + (f" [{variant}]" if variant else ""))
+        axes[1][col].set_xlabel("layer (top: in order; bottom: sorted by magnitude)")
+        for row in (0, 1):
+            axes[row][col].grid(alpha=0.3)
+            axes[row][col].legend(fontsize=8)
+    axes[0][0].set_ylabel("std of the layer response")
+    axes[1][0].set_ylabel("std, sorted")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(records: list[RunRecord], folder: Path, data_name: str = "",
-                 title: str = "Depth comparison") -> tuple[dict, list[Path]]:
-    """``comparison.md``, ``training_curves.png`` and ``summary.json`` in ``folder``."""
+                 title: str = "Depth comparison", tuning: dict | None = None) -> tuple[dict, list[Path]]:
+    """``comparison.md``, ``training_curves.png`` and ``summary.json`` in ``folder``, and
+    ``layer_responses.png`` when the runs measured their layer responses. ``tuning``: the tune
+    stage's record (``{"split", "errors", "chosen"}``), shown as a table."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, data_name)
+    if tuning:
+        summary["tuning"] = {"split": tuning["split"], "chosen": tuning["chosen"],
+                             "errors": {net: {str(lr): v for lr, v in by_lr.items()}
+                                        for net, by_lr in tuning["errors"].items()}}
+    summary["layer_responses"] = [
+        {"arch": a, "depth": d, "variant": v, "std": stds}
+        for (a, d, v), stds in mean_responses(records).items()]
     md = folder / "comparison.md"
     md.write_text(render_markdown(summary, title))
     js = folder / "summary.json"
     js.write_text(json.dumps(summary, indent=1))
     png = plot_curves(records, folder / "training_curves.png")
-    return summary, [md, png, js]
+    responses = plot_responses(records, folder / "layer_responses.png")
+    return summary, [md, png, js] + ([responses] if responses else [])
 
 
 def publish(tracker, parent_id: str, data_name: str, title: str, *, out: Path | None = None,
-            log: bool = True) -> tuple[dict, list[Path]]:
+            log: bool = True, tune_split: str = "") -> tuple[dict, list[Path]]:
     """Build the report of the tracker's sweep from MLflow and log it on the parent run."""
     import tempfile
 
+    from orchestrator.tuning import choose_lr, tuning_errors
+
     records = records_from_mlflow(tracker)
+    tuning = None
+    errors = tuning_errors(tracker)
+    if errors:
+        if not tune_split:  # a report rebuilt later: the sweep's run recorded the split
+            tune_split = tracker.client.get_run(parent_id).data.params.get("tune.split", "")
+        try:
+            tuning = {"split": tune_split or "?", "errors": errors, "chosen": choose_lr(errors)}
+        except ValueError:
+            tuning = {"split": tune_split or "?", "errors": errors, "chosen": {}}
     with tempfile.TemporaryDirectory(prefix="depthlab-report-") as tmp:
-        summary, files = write_report(records, out or Path(tmp), data_name, title)
+        summary, files = write_report(records, out or Path(tmp), data_name, title, tuning=tuning)
         if log:
             tracker.log_files(parent_id, files, "report")
     return summary, files
@@ -616,5 +726,6 @@ def records_from_mlflow(tracker) -> list[RunRecord]:
             net_variant="" if params.get("shortcut_variant_resolved", "identity") == "identity"
             else params["shortcut_variant_resolved"],
             shortcut=params.get("shortcut", ""), eval_crops=int(params.get("eval_crops") or 1),
+            responses=tracker.last_json(run.info.run_id, "responses"),
         ))
     return records

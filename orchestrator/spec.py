@@ -9,6 +9,8 @@
                                        # gate_bias: -6}, {shortcut: B}]
     train: {...}                       # training.config.TrainConfig fields shared by every run
     cluster: {workers_per_run: 2, cpus_per_worker: 1, use_gpu: false, ...}
+    tune: {lr: [0.02, 0.05, 0.1], split: holdout, seeds: [100]}   # optional: each net's lr,
+                                       # chosen on a held-out split first (orchestrator.tuning)
 
 ``SweepSpec.runs()`` expands the grid into one ``TrainConfig`` per (arch, depth, variant, seed);
 those configs are what the workers receive, what MLflow records and what the checkpoints store.
@@ -26,7 +28,8 @@ import yaml
 from training.config import TrainConfig, check_types
 from training.recipes import recipe_values
 
-TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster")
+TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster", "tune")
+TUNE_KEYS = ("lr", "split", "seeds", "train")
 GRID_KEYS = ("arch", "depth", "seed", "exclude", "variant")
 # The model options a grid variant may set (training.config.TrainConfig fields).
 VARIANT_KEYS = ("shortcut", "stride_in_1x1", "zero_init_residual", "shortcut_variant",
@@ -47,6 +50,11 @@ def variant_name(options: dict) -> str:
         else:
             words.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(words)
+
+
+def net_key(cfg: TrainConfig) -> str:
+    """The net a run trains, whatever its seed: ``arch-depth[-variant]``."""
+    return run_key(cfg.arch, cfg.depth, cfg.variant)
 
 
 def run_key(arch: str, depth: int, variant: str) -> str:
@@ -99,6 +107,38 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
+class TuneSpec:
+    """Each net's learning rate, chosen among ``lr`` by the final error on ``split`` of runs
+    with the tuning ``seeds`` (``train``: settings for those runs only, e.g. fewer epochs)."""
+
+    lr: tuple[float, ...]
+    split: str = "holdout"
+    seeds: tuple[int, ...] = (1000,)
+    train: dict = field(default_factory=dict)
+
+
+def _tune(raw) -> TuneSpec | None:
+    if raw is None:
+        return None
+    _check_keys(raw, TUNE_KEYS, "tune")
+    lrs = raw.get("lr") if isinstance(raw.get("lr"), list) else [raw.get("lr")]
+    if not lrs or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                          for v in lrs):
+        raise SpecError(f"tune.lr must list positive learning rates, got {raw.get('lr')!r}")
+    seeds = raw.get("seeds", [1000])
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        raise SpecError(f"tune.seeds must be integers, got {seeds}")
+    train = dict(raw.get("train") or {})
+    _check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)
+                        if f.name not in ("arch", "depth", "seed", "lr", "eval_split",
+                                          "num_workers", "use_gpu", "mlflow_run_id",
+                                          "run_name", "variant")], "tune.train")
+    return TuneSpec(tuple(float(v) for v in dict.fromkeys(lrs)), str(raw.get("split", "holdout")),
+                    tuple(seeds), train)
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     experiment: str
     archs: tuple[str, ...]
@@ -111,6 +151,27 @@ class SweepSpec:
     exclude: tuple[str, ...] = ()
     # The grid's variants: each a tuple of (model option, value) pairs; () is "as train says".
     variants: tuple[tuple[tuple[str, object], ...], ...] = ((),)
+    tune: TuneSpec | None = None
+
+    def tune_runs(self) -> list[TrainConfig]:
+        """The tune stage's runs: every net of the grid at each candidate rate and tuning seed,
+        evaluated on the tuning split; none without a ``tune`` section."""
+        if self.tune is None:
+            return []
+        nets = {}
+        for cfg in self.runs():
+            nets.setdefault(net_key(cfg), cfg)
+        out = []
+        for key, cfg in nets.items():
+            for lr in self.tune.lr:
+                for seed in self.tune.seeds:
+                    try:
+                        out.append(cfg.replace(**self.tune.train, lr=lr, seed=seed,
+                                               eval_split=self.tune.split,
+                                               run_name=f"tune-{key}-lr{lr:g}-s{seed}"))
+                    except (ValueError, TypeError) as exc:
+                        raise SpecError(f"tune run {key} lr {lr:g}: {exc}") from None
+        return out
 
     def runs(self) -> list[TrainConfig]:
         """One config per (arch, depth, variant, seed), in the order they are launched."""
@@ -142,6 +203,9 @@ class SweepSpec:
                      **({"variant": [dict(v) for v in self.variants]}
                         if self.variants != ((),) else {})},
             "train": dict(self.train), "cluster": dataclasses.asdict(self.cluster),
+            **({"tune": {"lr": list(self.tune.lr), "split": self.tune.split,
+                         "seeds": list(self.tune.seeds), "train": dict(self.tune.train)}}
+               if self.tune else {}),
         }
 
 
@@ -204,6 +268,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         train=train, cluster=cluster, data_name=str(raw.get("data_name") or ""),
         exclude=tuple(str(x) for x in _as_list(grid["exclude"], "exclude")) if grid.get("exclude") else (),
         variants=_variants(grid.get("variant")),
+        tune=_tune(raw.get("tune")),
     )
     names = [variant_name(dict(v)) for v in spec.variants]
     keys = {f"{a}-{d}" for a in spec.archs for d in spec.depths} | {
@@ -214,6 +279,11 @@ def spec_from_dict(raw: dict) -> SweepSpec:
                             f"({', '.join(sorted(keys))})")
     if not spec.runs():
         raise SpecError("grid.exclude leaves no run")
+    if spec.tune and spec.tune.split in {cfg.eval_split for cfg in spec.runs()}:
+        raise SpecError(f"tune.split {spec.tune.split!r} is the split the runs are evaluated on: "
+                        "choosing a learning rate on it would bias the comparison; give a "
+                        "held-out split (e.g. holdout)")
+    spec.tune_runs()  # every tune run must be valid too
     spec.runs()  # every run must be valid before anything starts
     return spec
 

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 
 from orchestrator import capacity
 from orchestrator.report import publish, render_markdown
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import SweepSpec, net_key
+from orchestrator.tuning import choose_lr, render_tuning, tuning_errors
 from training import storage
 from training.models import build_model, model_summary
 
@@ -70,6 +71,12 @@ def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict],
     print(f"sweep {sweep_id}: experiment {spec.experiment!r}, {len(spec.runs())} runs, "
           f"{spec.cluster.workers_per_run} workers each, at most "
           f"{spec.cluster.max_concurrent_runs} at once")
+    if spec.tune:
+        tune = spec.tune_runs()
+        nets = len({net_key(c) for c in tune})
+        print(f"  first a tune stage: {len(tune)} runs ({nets} nets x {len(spec.tune.lr)} learning "
+              f"rates x {len(spec.tune.seeds)} seeds, scored on {spec.tune.split!r}, "
+              f"{tune[0].epochs} epochs each); the grid then runs at each net's best rate")
     samples = train_samples(spec)
     width = max([18] + [len(r["run"]) + 2 for r in rows])
     print(f"  {'run':<{width}}{'shortcut':>9}{'params':>12}{'MACs/img':>12}{'img':>5}"
@@ -233,6 +240,40 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: Progres
     return failures
 
 
+def tune_stage(spec: SweepSpec, sweep_id: str, tracker, parent_id: str, sizes: dict,
+               dataset: dict, fail_fast: bool) -> dict[str, float]:
+    """Train the tune runs not finished yet, choose each net's learning rate from all of them,
+    and record the choice on the sweep's run. Returns net -> lr."""
+    todo = []
+    runs = spec.tune_runs()
+    by_net = {net_key(c): sizes.get(c.run_name, {}) for c in spec.runs()}
+    for cfg in runs:
+        size = by_net.get(net_key(cfg), {})
+        child = tracker.child(parent_id, cfg, {"model_params": size.get("params", ""),
+                                                "model_macs": size.get("macs", "")},
+                              dataset, role="tune")
+        if child.finished:
+            continue
+        tracker.mark_running(child.run_id)
+        todo.append(cfg.replace(mlflow_run_id=child.run_id))
+    print(f"tune stage: {len(runs)} runs ({len(runs) - len(todo)} finished earlier), "
+          f"learning rates {', '.join(f'{lr:g}' for lr in spec.tune.lr)} chosen on "
+          f"{spec.tune.split!r}", flush=True)
+    progress = Progress(len(runs), len(runs) - len(todo), tracker)
+    try:
+        failures = _train_runs(spec, sweep_id, todo, tracker, progress, fail_fast)
+    finally:
+        progress.stop()
+    for failure in failures:
+        print(f"  tune run failed: {failure}")
+    errors = tuning_errors(tracker)
+    chosen = choose_lr(errors)  # names a net none of whose tuning runs finished
+    tracker.log_params(parent_id, {f"tune.lr.{net}": lr for net, lr in chosen.items()}
+                       | {"tune.split": spec.tune.split})
+    print("\n".join(render_tuning(errors, chosen, spec.tune.split)), flush=True)
+    return chosen
+
+
 def check_cluster(spec: SweepSpec) -> None:
     """Join the cluster; refuse a sweep whose runs it could never hold, warn when they must
     wait for the autoscaler."""
@@ -262,9 +303,17 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
     parent_id = tracker.parent(spec.to_dict())
     sizes = {row["run"]: row for row in (plan or plan_rows(spec))}
     dataset = dataset_record(spec)
+    print(f"MLflow: {tracker.ui_url()} (this sweep: {tracker.ui_url(parent_id)})", flush=True)
+    configs = spec.runs()
+    if spec.tune:
+        try:
+            chosen = tune_stage(spec, sweep_id, tracker, parent_id, sizes, dataset, fail_fast)
+        except BaseException:
+            tracker.set_status(parent_id, "FAILED")
+            raise
+        configs = [cfg.replace(lr=chosen[net_key(cfg)]) for cfg in configs]
     todo, skipped = [], 0
-    print(f"MLflow: {tracker.ui_url(parent_id)}", flush=True)
-    for cfg in spec.runs():
+    for cfg in configs:
         size = sizes[cfg.run_name]
         child = tracker.child(parent_id, cfg, {"model_params": size["params"],
                                                "model_macs": size["macs"]}, dataset)
@@ -285,7 +334,8 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
     finally:
         progress.stop()
     title = f"{spec.experiment}: sweep {sweep_id}"
-    summary, _ = publish(tracker, parent_id, spec.data_name, title)
+    summary, _ = publish(tracker, parent_id, spec.data_name, title,
+                         tune_split=spec.tune.split if spec.tune else "")
     print()
     print(render_markdown(summary, title))
     print(f"report: {tracker.ui_url(parent_id)} (artifacts: report/)")

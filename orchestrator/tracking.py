@@ -20,6 +20,12 @@ from training.models import variant_label
 TAG_SWEEP, TAG_ROLE, TAG_RUN_KEY = "depthlab.sweep_id", "depthlab.role", "depthlab.run_key"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_DATA = "depthlab.data_name"
+# MLflow 3's UI opens an experiment without a kind as a GenAI one (traces, an assistant panel);
+# a training experiment opens on its runs table, the sweeps' children grouped under them.
+TAG_EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# The tag alone does not move MLflow 3.17's UI off its GenAI default on a first visit: the links
+# depthlab prints also ask for the model-training view.
+TRAINING_VIEW = "workflowType=machine_learning"
 METRICS = ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
            "throughput/images_per_sec")
 # Params the comparison relies on; the rest of the config is logged too.
@@ -59,7 +65,14 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None and not create:
             raise LookupError(f"MLflow has no experiment named {experiment!r}")
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment, tags={TAG_EXPERIMENT_KIND: TRAINING_KIND})
+        else:
+            self.experiment_id = exp.experiment_id
+            if create and TAG_EXPERIMENT_KIND not in exp.tags:  # made before depthlab set it
+                self.client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND,
+                                               TRAINING_KIND)
         self.tracking_uri = mlflow.get_tracking_uri()
 
     def _search(self, *filters: str):
@@ -82,14 +95,15 @@ class SweepTracker:
         return run.info.run_id
 
     def child(self, parent_id: str, cfg: TrainConfig, extra_params: dict | None = None,
-              dataset: dict | None = None) -> ChildRun:
-        """The MLflow run of ``cfg`` in this sweep, created (with its params) if there is none."""
-        found = self._search(f"tags.`{TAG_ROLE}` = 'train'", f"tags.`{TAG_RUN_KEY}` = '{cfg.run_name}'")
+              dataset: dict | None = None, role: str = "train") -> ChildRun:
+        """The MLflow run of ``cfg`` in this sweep, created (with its params) if there is none.
+        ``role``: "train" for the grid's runs, "tune" for the tune stage's."""
+        found = self._search(f"tags.`{TAG_ROLE}` = '{role}'", f"tags.`{TAG_RUN_KEY}` = '{cfg.run_name}'")
         if found:
             return ChildRun(found[0].info.run_id, found[0].info.status)
         run = self.client.create_run(
             self.experiment_id, run_name=cfg.run_name,
-            tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "train", TAG_RUN_KEY: cfg.run_name,
+            tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: role, TAG_RUN_KEY: cfg.run_name,
                   TAG_PARENT: parent_id, "arch": cfg.arch, "depth": str(cfg.depth)},
         )
         run_id = run.info.run_id
@@ -112,8 +126,13 @@ class SweepTracker:
         found = self._search(f"tags.`{TAG_ROLE}` = 'sweep'")
         return found[0] if found else None
 
-    def children(self) -> list:
-        return self._search(f"tags.`{TAG_ROLE}` = 'train'")
+    def children(self, role: str = "train") -> list:
+        return self._search(f"tags.`{TAG_ROLE}` = '{role}'")
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_status(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -123,6 +142,19 @@ class SweepTracker:
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def last_json(self, run_id: str, folder: str) -> dict | None:
+        """The last (by name) JSON artifact under ``folder`` of a run, or None."""
+        try:
+            names = sorted(a.path for a in self.client.list_artifacts(run_id, folder)
+                           if a.path.endswith(".json"))
+            if not names:
+                return None
+            import mlflow.artifacts
+
+            return mlflow.artifacts.load_dict(f"runs:/{run_id}/{names[-1]}")
+        except Exception:  # an artifact store that cannot be read: the figure is left out
+            return None
 
     def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -147,5 +179,6 @@ class SweepTracker:
                 f"&experiments={quote(json.dumps([self.experiment_id]))}")
 
     def ui_url(self, run_id: str | None = None) -> str:
+        """The experiment's runs table (or one run's page) in the model-training view."""
         base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"
-        return f"{base}/runs/{run_id}" if run_id else base
+        return f"{base}/runs/{run_id}?{TRAINING_VIEW}" if run_id else f"{base}/runs?{TRAINING_VIEW}"

@@ -37,6 +37,7 @@ class TrainConfig:
     image_size: int = 32
     augment: str = "cifar"
     eval_crops: int = 1  # 1: single center crop; 10: the paper's 10-crop testing
+    eval_split: str = "val"  # the split each evaluation reads ("holdout" for a tune run)
     loader_workers: int = 0  # DataLoader worker processes per training worker
     # Optimisation ([P1] 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 with step decay).
     recipe: str = ""  # a preset of training.recipes that filled these values (a record)
@@ -65,6 +66,9 @@ class TrainConfig:
     log_every_steps: int = 10
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch (0: at epoch ends only)
     log_model: bool = False  # log the final model to MLflow (with its signature)
+    # [P1] Fig. 7's layer responses, measured during an evaluation: "end" (the last one),
+    # "every_eval" or "off" (training.responses).
+    layer_responses: str = "end"
     system_metrics: bool = True  # CPU, GPU and memory of rank 0's node, in MLflow
     # Tracking (filled by the orchestrator; empty in a plain single process).
     mlflow_run_id: str = ""
@@ -153,6 +157,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
     if cfg.lr_schedule not in ("step", "plateau"):
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}: choose step or plateau")
+    if cfg.layer_responses not in ("off", "end", "every_eval"):
+        raise ValueError(f"unknown layer_responses {cfg.layer_responses!r}: choose off, end or "
+                         "every_eval")
     if cfg.warmup not in ("constant", "linear"):
         raise ValueError(f"unknown warmup {cfg.warmup!r}: choose constant or linear")
     if min(cfg.max_steps, cfg.checkpoint_every_steps, cfg.lr_reference_batch) < 0:
@@ -177,5 +184,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("lr must be positive; warmup_lr, warmup_steps, loader_workers >= 0")
     if any(not 0 < m < 1 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(cfg.lr_milestones):
         raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {cfg.lr_milestones}")
+    if not cfg.eval_split or cfg.eval_split == "train":
+        raise ValueError(f"eval_split must name a held-out split, got {cfg.eval_split!r}")
     if not cfg.data_url:
         raise ValueError("data_url is empty: give a local folder or s3://bucket/prefix")

@@ -27,6 +27,9 @@ class NullTracker:
     def log_model(self, model, example) -> None:
         pass
 
+    def log_json(self, data: dict, artifact_file: str) -> None:
+        pass
+
     def flush(self, timeout_s: float = 10.0) -> list:
         return []
 

@@ -13,6 +13,7 @@ batches already consumed and sees the rest of the epoch exactly as the uninterru
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -28,6 +29,7 @@ from training.context import WorkerContext
 from training.data import build_loader, read_manifest
 from training.metrics import Accumulator
 from training.models import build_model
+from training.responses import LayerResponses, summary_metrics
 from training.schedule import milestone_steps, plateau_drops, scaled_lr, step_lr
 from training.transforms import normalize
 
@@ -92,9 +94,11 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, no_bn_decay: b
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest) -> dict:
-    """Top-1/top-5 error over the whole split, each sample seen by exactly one rank."""
-    loader = build_loader(cfg.data_url, "val", batch_size=cfg.per_worker_batch_size,
+def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest,
+             responses: bool = False) -> dict:
+    """Top-1/top-5 error over the whole split, each sample seen by exactly one rank; with
+    ``responses``, also [P1] Fig. 7's layer responses of the same pass (``"responses"``)."""
+    loader = build_loader(cfg.data_url, cfg.eval_split, batch_size=cfg.per_worker_batch_size,
                           rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
                           image_size=cfg.image_size, augment=cfg.augment,
                           num_workers=cfg.loader_workers, eval_crops=cfg.eval_crops,
@@ -102,7 +106,8 @@ def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest) -> dict:
     acc = Accumulator(ctx.device)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), _autocast(cfg, ctx):
+    hooks = LayerResponses(model, ctx.device) if responses else contextlib.nullcontext()
+    with torch.no_grad(), _autocast(cfg, ctx), hooks:
         for images, labels in loader:
             crops = images.shape[1] if images.dim() == 5 else 0
             if crops:  # 10-crop: average the softmax over the crops of each image [P1 4.1]
@@ -116,6 +121,8 @@ def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest) -> dict:
     model.train(was_training)
     result = acc.result(ctx.distributed)
     result["skipped"] = loader.skipped
+    if responses:
+        result["responses"] = hooks.result(ctx.distributed)  # a collective: every rank is here
     return result
 
 
@@ -168,7 +175,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
     Returns the final metrics (as logged) on every rank.
     """
     train_manifest = read_manifest(cfg.data_url, "train")
-    val_manifest = read_manifest(cfg.data_url, "val")
+    val_manifest = read_manifest(cfg.data_url, cfg.eval_split)
     num_classes = cfg.num_classes or len(train_manifest.classes)
     if not num_classes:
         raise ValueError("the manifest names no classes: set num_classes in the config")
@@ -249,7 +256,11 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
                 ctx.tracker.log_metrics({"checkpoint/preemption_step": progress.step}, progress.step)
                 _report(ctx, dict(final), model, optimizer, cfg, progress)
 
-        val = evaluate(model, cfg, ctx, val_manifest)
+        last = progress.step >= total_steps
+        measure = cfg.layer_responses == "every_eval" or (cfg.layer_responses == "end" and last)
+        val = evaluate(model, cfg, ctx, val_manifest, responses=measure)
+        if measure:
+            _log_responses(ctx, cfg, val["responses"], progress.step)
         progress.val_history.append(val["error_top1"])
         progress.epoch, progress.batch = epoch + 1, 0
         final.update({"val/error_top1": val["error_top1"], "val/error_top5": val["error_top5"],
@@ -264,6 +275,13 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
         example = normalize(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=ctx.device))
         ctx.tracker.log_model(model, example)
     return final
+
+
+def _log_responses(ctx, cfg: TrainConfig, responses: dict, step: int) -> None:
+    """The layer responses as one artifact per evaluation and their summary as metrics."""
+    ctx.tracker.log_metrics(summary_metrics(responses["std"], responses["layers"]), step)
+    ctx.tracker.log_json({"step": step, "split": cfg.eval_split, "arch": cfg.arch, "depth": cfg.depth,
+                          **responses}, f"responses/layer_responses-step{step:08d}.json")
 
 
 def _report(ctx, metrics, model, optimizer, cfg, progress: Progress):

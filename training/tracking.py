@@ -61,6 +61,13 @@ class MlflowSink:
         except Exception as exc:  # a tag is not worth stopping the run for
             log.warning("could not tag MLflow run %s with %s: %s", self.run_id, key, exc)
 
+    def log_json(self, data: dict, artifact_file: str) -> None:
+        """A small JSON artifact (the layer responses); a failure only warns."""
+        try:
+            self.client.log_dict(self.run_id, data, artifact_file)
+        except Exception as exc:
+            log.error("could not log %s to MLflow run %s: %s", artifact_file, self.run_id, exc)
+
     def log_model(self, model, example) -> None:
         """The trained model and its signature (inputs: normalised NCHW float images)."""
         import mlflow.pytorch

@@ -274,7 +274,7 @@ def seed_demo_data(state: dict, folder: Path, env: dict) -> None:
             pass
         print(f"  building the generated dataset {dest} ...", flush=True)
         images = generate(folder / f"{prefix}-images", **args)
-        for split in ("train", "val"):
+        for split in ("train", "val") + (("holdout",) if args.get("holdout_per_class") else ()):
             build_split(images, dest, split, shard_size=500)
         storage.write_bytes(mark, signature(**args).encode())
 

@@ -91,16 +91,21 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
         # The native decoder is found from a job's working_dir copy, which leaves built files out.
         assert child.data.tags["depthlab.jpeg_decoder"].startswith("depthlab_jpegroi"), child.data.tags
         for key in ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
-                    "throughput/images_per_sec"):
+                    "throughput/images_per_sec", "responses/mean_std"):
             assert key in child.data.metrics, key
+        # [P1] Fig. 7's layer responses, measured in the final evaluation.
+        (responses,) = mlflow_client.list_artifacts(child.info.run_id, "responses")
+        assert responses.path == "responses/layer_responses-step00000062.json"
         loss = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, "train/loss")]
         assert len(loss) >= 6 and loss[-1] < loss[0], loss
         val = mlflow_client.get_metric_history(child.info.run_id, "val/error_top1")
         # Steps are global iterations: 4,000 samples / 2 workers / 64 per worker = 31 per epoch.
         assert [m.step for m in val] == [31, 62]
     artifacts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "report")}
-    assert artifacts == {"report/comparison.md", "report/training_curves.png", "report/summary.json"}
+    assert artifacts == {"report/comparison.md", "report/training_curves.png", "report/summary.json",
+                         "report/layer_responses.png"}
     assert "| plain | 8 | 0.08M | 1 |" in sweep.stdout and "residual vs plain at depth 8" in sweep.stdout
+    assert "(one seed: observations, not verdicts)" in sweep.stdout
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -118,8 +123,31 @@ def test_mlflow_ui_shows_the_runs_and_their_metrics(sweep, stack, mlflow_client,
          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
          "--window-size=1500,1100", "--dump-dom", url],
         capture_output=True, text=True, timeout=120).stdout
-    for name in ("plain-8-s0", "residual-8-s0", "preact-8-s0", "val/error_top1", "train/loss"):
+    # The metrics table renders its first rows only (alphabetical: data/..., epoch, lr, ...);
+    # the plot above it is drawn over train/loss.
+    for name in ("plain-8-s0", "residual-8-s0", "preact-8-s0", "train/loss", "epoch", "lr"):
         assert name in dom, name
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium package is not installed")
+def test_the_experiment_link_the_job_prints_opens_on_its_runs_not_a_genai_overview(
+        sweep, stack, mlflow_client, tmp_path):
+    """What a newcomer sees first on opening the experiment: its training runs, the sweep's
+    run among them, and not MLflow 3's GenAI overview (traces, token usage)."""
+    import re
+
+    exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (url,) = re.findall(r"^MLflow: (\S+) ", sweep.stdout, re.M)
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000",
+         "--window-size=1500,1100", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120).stdout
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)))
+    assert "sweep-it-1" in text, text[:2000]
+    assert "Token Usage" not in text and "Tool calls" not in text, text[:2000]
 
 
 def test_report_is_rebuilt_from_mlflow_alone(sweep, stack, tmp_path):
@@ -127,10 +155,31 @@ def test_report_is_rebuilt_from_mlflow_alone(sweep, stack, tmp_path):
                EXPERIMENT, "--out", str(tmp_path), "--no-log"], clean_env(stack[0]), 120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| residual | 8 | 0.08M | 1 |" in out.stdout
-    assert {p.name for p in tmp_path.iterdir()} == {"comparison.md", "training_curves.png", "summary.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"comparison.md", "training_curves.png",
+                                                    "summary.json", "layer_responses.png"}
     missing = run([sys.executable, "pipelines/report.py", "--sweep-id", "nope", "--experiment",
                    EXPERIMENT], clean_env(stack[0]), 120)
     assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr
+
+
+def test_each_net_trains_at_the_learning_rate_its_tuning_runs_chose(sweep, stack, mlflow_client):
+    tune = ["--set", "grid.arch=[residual]", "--set", "train.epochs=1", "--set",
+            "tune={lr: [0.02, 0.2], split: holdout, seeds: [100]}", "--sweep-id", "it-tune"]
+    result = run([sys.executable, "pipelines/compare_depths.py", *REDUCED, *tune],
+                 clean_env(stack[0]), 900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    tuned = runs_of(mlflow_client, "it-tune", "tune")
+    assert sorted(r.data.params["lr"] for r in tuned) == ["0.02", "0.2"]
+    assert {r.data.params["eval_split"] for r in tuned} == {"holdout"}
+    best = min(tuned, key=lambda r: r.data.metrics["val/error_top1"]).data.params["lr"]
+    (child,) = runs_of(mlflow_client, "it-tune", "train")
+    assert child.data.params["lr"] == best and child.data.params["eval_split"] == "val"
+    (parent,) = runs_of(mlflow_client, "it-tune", "sweep")
+    assert parent.data.params["tune.lr.residual-8"] == best
+    assert "## Learning rates, tuned per net" in result.stdout
+    again = run([sys.executable, "pipelines/compare_depths.py", *REDUCED, *tune],
+                clean_env(stack[0]), 600)  # the choice is made again from the record
+    assert again.returncode == 0 and "(2 finished earlier)" in again.stdout, again.stdout[-3000:]
 
 
 def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client):

@@ -1,6 +1,8 @@
 import json
 
-from orchestrator.report import RunRecord, render_markdown, summarize, verdicts, write_report
+import pytest
+
+from orchestrator.report import RunRecord, observations, render_markdown, summarize, write_report
 
 
 def curve(start, end, n=20):
@@ -18,9 +20,9 @@ DEGRADATION = [record("plain", 8, 30, 35), record("plain", 20, 40, 45),
                record("preact", 20, 18, 24)]
 
 
-def test_verdicts_state_the_papers_findings_with_numbers():
+def test_observations_state_what_the_means_show_with_numbers():
     summary = summarize(DEGRADATION)
-    text = "\n".join(summary["verdicts"])
+    text = "\n".join(summary["observations"])
     assert "degradation: plain-20 trains and validates worse than plain-8" in text
     assert "residual: deeper is better" in text
     assert "pre-activation vs original at depth 20: pre-activation is better" in text
@@ -29,7 +31,7 @@ def test_verdicts_state_the_papers_findings_with_numbers():
 
 def test_no_degradation_is_reported_as_such():
     rows = summarize([record("plain", 8, 40, 45), record("plain", 20, 30, 35)])["rows"]
-    assert verdicts(rows)[0].startswith("no degradation: plain-20 trains and validates at least as well")
+    assert observations(rows)[0].startswith("no degradation: plain-20 trains and validates at least as well")
 
 
 def test_seeds_are_averaged_and_failed_runs_left_out():
@@ -49,7 +51,7 @@ def test_write_report_produces_the_three_artifacts(tmp_path):
     summary, files = write_report(DEGRADATION, tmp_path, "synthetic")
     assert [f.name for f in files] == ["comparison.md", "training_curves.png", "summary.json"]
     assert files[1].read_bytes()[:4] == b"\x89PNG" and files[1].stat().st_size > 10_000
-    assert json.loads(files[2].read_text())["verdicts"] == summary["verdicts"]
+    assert json.loads(files[2].read_text())["observations"] == summary["observations"]
 
 
 def test_interval_and_seeds_needed_against_hand_computed_values():
@@ -180,3 +182,41 @@ def test_a_sweep_of_units_and_variants_plots_a_panel_per_group(tmp_path):
     assert titles == ["plain", "residual (original unit)", "residual (pre-activation)"]
     summary, files = write_report(unit_sweep(), tmp_path, "cifar10")
     assert files[1].stat().st_size > 10_000
+
+
+def test_layer_responses_are_drawn_per_net_with_depths_overlaid(tmp_path):
+    from orchestrator.report import mean_responses
+
+    runs = []
+    for arch, scale in (("plain", 1.0), ("residual", 0.4)):
+        for depth in (8, 14):
+            n = (depth - 2) + 1
+            for seed in (0, 1):
+                r = record(arch, depth, 20, 25, seed)
+                r.responses = {"layers": [f"l{i}" for i in range(n)],
+                               "std": [scale * (1 + i % 3) + seed for i in range(n)]}
+                runs.append(r)
+    curves = mean_responses(runs)
+    assert curves[("residual", 8, "")] == pytest.approx([0.4 * (1 + i % 3) + 0.5 for i in range(7)])
+    summary, files = write_report(runs, tmp_path, "synthetic")
+    assert files[-1].name == "layer_responses.png" and files[-1].stat().st_size > 10_000
+    assert {(e["arch"], e["depth"]) for e in summary["layer_responses"]} == {
+        ("plain", 8), ("plain", 14), ("residual", 8), ("residual", 14)}
+
+
+def test_one_seed_gives_observations_and_several_give_worded_verdicts_from_intervals():
+    one = render_markdown(summarize(DEGRADATION))
+    verdicts = one.split("## Verdicts", 1)[1].split("## Observations", 1)[0]
+    assert "- none: no claim of the papers has two paired seeds" in verdicts
+    assert "degradation" not in verdicts
+    assert "(one seed: observations, not verdicts)" in one
+    runs = []
+    for seed, noise in enumerate((0.0, 1.0, -1.0)):
+        runs += [record("plain", 8, 30 + noise, 35, seed), record("plain", 32, 45 + noise, 50, seed)]
+    summary = summarize(runs)
+    (end, whole) = summary["verdicts"]
+    assert end.startswith("degradation (plain-32 vs plain-8, higher): holds: +14.61 [")
+    assert end.endswith("points of training error at the end, 3 seeds")
+    open_claim = summarize([record("plain", 8, 30 + n, 35, s) for s, n in enumerate((0, 3, -3))]
+                           + [record("plain", 32, 30 + n, 50, s) for s, n in enumerate((1, -2, 2))])
+    assert "is open" in open_claim["verdicts"][0]

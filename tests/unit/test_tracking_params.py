@@ -46,9 +46,10 @@ def test_params_say_which_variant_a_run_is_and_the_report_reads_it_back():
     assert params["variant"] == "exclusive_gating" and params["stride_in_1x1"] == "True"
     run = SimpleNamespace(data=SimpleNamespace(params=params, tags={}),
                           info=SimpleNamespace(status="FINISHED", run_id="r1"))
-    tracker = SimpleNamespace(children=lambda: [run], history=lambda run_id, key: [(1, 5.0)])
+    tracker = SimpleNamespace(children=lambda: [run], history=lambda run_id, key: [(1, 5.0)],
+                              last_json=lambda run_id, folder: {"layers": ["conv1"], "std": [0.5]})
     (record,) = records_from_mlflow(tracker)
     assert record.net_variant == "exclusive_gating gate_bias=-6" and record.variant == "exclusive_gating"
-    assert record.shortcut == "A" and record.eval_crops == 1
+    assert record.shortcut == "A" and record.eval_crops == 1 and record.responses["std"] == [0.5]
     plain = run_params(TrainConfig(arch="plain", depth=20))
     assert plain["shortcut_variant_resolved"] == "identity" and "gate_bias" in plain
