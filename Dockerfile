@@ -6,7 +6,7 @@
 # Plain Dockerfile syntax only, so the classic builder and BuildKit build it alike.
 FROM rayproject/ray:2.60.0-py311-cu128
 
-# A C compiler and libjpeg-turbo's headers build training/_jpegroi.c, the loader's
+# A C compiler and libjpeg-turbo's headers build training/data/_jpegroi.c, the loader's
 # region-of-interest JPEG decoder (without them the build goes on and decodes whole images).
 RUN sudo apt-get update -qq \
  && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libjpeg-dev \
@@ -18,9 +18,9 @@ RUN sudo mkdir -p /app && sudo chown ray:users /app
 WORKDIR /app
 # Dependencies first, in their own layer: code edits do not reinstall torch.
 COPY --chown=ray:users pyproject.toml README.md ./
-COPY --chown=ray:users training/_jpegroi.c training/
-RUN mkdir -p orchestrator training \
- && touch orchestrator/__init__.py training/__init__.py \
+COPY --chown=ray:users training/data/_jpegroi.c training/data/
+RUN mkdir -p orchestrator training/data \
+ && touch orchestrator/__init__.py training/__init__.py training/data/__init__.py \
  && pip install --no-cache-dir ".[server]" \
  && pip uninstall -y depthlab
 COPY --chown=ray:users orchestrator orchestrator

@@ -11,7 +11,7 @@ STACK := $(PY) infra/local/stack.py
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml training/_jpegroi.c
+$(STAMP): pyproject.toml training/data/_jpegroi.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"

@@ -59,7 +59,7 @@ def make_images(root: Path, n: int, classes: int = 10) -> None:
 
 
 def bare_decode_roi_whole(files: list[bytes]) -> int:
-    from training.transforms import _jpegroi
+    from training.data.transforms import _jpegroi
 
     for data in files:
         _jpegroi.decode(data, 0, 0, 1 << 30, 1 << 30, 1)
@@ -69,7 +69,7 @@ def bare_decode_roi_whole(files: list[bytes]) -> int:
 def transform_only(files: list[bytes]) -> int:
     """The loader's training recipe ("imagenet": RandomResizedCrop(224) + flip) applied to each
     of ``files`` in a loop: decode and augment without the loader around them."""
-    from training.transforms import build_transform
+    from training.data.transforms import build_transform
 
     transform = build_transform("imagenet", 224, train=True)
     for data in files:
@@ -144,7 +144,7 @@ REGIONS = {"whole image": (0, 0, 500, 375), "top half": (0, 0, 500, 188),
 def region_costs(files: list[bytes], repeats: int) -> dict[str, float]:
     """ms per image of decoding each of ``REGIONS`` with depthlab's extension. Rows above a box
     are skipped with entropy decoding only, columns beside it too; rows below are not read."""
-    from training.transforms import _jpegroi
+    from training.data.transforms import _jpegroi
 
     def decode(box):
         def run() -> int:
@@ -160,7 +160,7 @@ def region_costs(files: list[bytes], repeats: int) -> dict[str, float]:
 def crop_stages(files: list[bytes], repeats: int) -> dict[str, float]:
     """ms per image of RandomResizedCrop's two stages on the same draws: decoding the crop's
     region, and resizing it to 224."""
-    from training.transforms import RandomResizedCrop, _resized, decode_box, image_size
+    from training.data.transforms import RandomResizedCrop, _resized, decode_box, image_size
 
     rrc, rng_state = RandomResizedCrop(224), random.getstate()
     random.seed(0)
@@ -203,11 +203,11 @@ def main() -> int:
         files = [f.read_bytes() for f in sorted((root / "train").rglob("*.JPEG"))]
         s3 = start_s3()
         try:
-            from training import storage
+            from training.data import storage
 
             storage.ensure_bucket("s3://bench")
             build_split(root, "s3://bench/shards", "train", shard_size=100, workers=2)
-            from training import transforms
+            from training.data import transforms
 
             bare = {"bare_decode_pil": decode_pil, "bare_decode_torchvision": decode_torchvision}
             if transforms._jpegroi is not None:
@@ -267,7 +267,7 @@ def main() -> int:
              f"`{command('bench/loader.py')}` on "
              f"{result['machine']}, {result['date']}; {args.images} JPEGs of 500x375, 224 crops, "
              f"best of {args.repeats} interleaved rounds after an untimed one. Region-of-interest decoding: "
-             f"{'on' if result['roi_decode'] else 'off (training/_jpegroi.c not built)'}; "
+             f"{'on' if result['roi_decode'] else 'off (training/data/_jpegroi.c not built)'}; "
              f"baseline: {fastest}.", "", "| path | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in r.items()]
     def row(label: str, key: str, target: str) -> str:

@@ -5,7 +5,7 @@
 Starts an MLflow tracking server (SQLite) on a free loopback port, builds the demo data as
 local shards, then trains the same CIFAR ResNet-20 run (one epoch, 16x16 images, batch 128,
 single process) alternately with a NullTracker and with the real rank-0 sink
-(``training.tracking.MlflowSink``: queued points, batched ``log_batch`` on a background thread,
+(``training.metrics_sink.MlflowSink``: queued points, batched ``log_batch`` on a background thread,
 system metrics on). Reports, per variant, the median wall time of ``train()`` and, for the sink,
 the time the training thread spent inside ``log_metrics`` (what it blocks on). Target: MLflow
 costs under 1% of the step time.
@@ -70,7 +70,7 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import MlflowSink
+    from training.metrics_sink import MlflowSink
 
     with tempfile.TemporaryDirectory(prefix="depthlab-bench-") as tmp:
         tmp = Path(tmp)

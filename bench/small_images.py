@@ -8,7 +8,7 @@ local shards, then times one training epoch's data pass on one thread (images/s)
 - stock webdataset: ``webdataset.WebDataset`` over the same shards, PIL decode, torchvision's
   RandomCrop(16, padding=2) + RandomHorizontalFlip, batch 128: what one writes with stock tools;
 and the per-image JPEG decode alone: PIL (``Image.open(...).convert("RGB")``), torchvision's
-``decode_jpeg``, and ``training.transforms.decode_rgb`` (depthlab's libjpeg-turbo extension
+``decode_jpeg``, and ``training.data.transforms.decode_rgb`` (depthlab's libjpeg-turbo extension
 asked for the whole image; PIL where the extension is not built).
 On images this small the per-sample overhead of tar parsing and PIL, not the pixels, sets the
 rate: that is what depthlab's tar reader and tensor transforms remove.
@@ -52,7 +52,7 @@ def webdataset_epoch(url: str, shards: list[str]) -> int:
 
 def decode_depthlab(files: list[bytes]) -> int:
     """Decode only, as the CIFAR recipe does: ``decode_rgb``."""
-    from training.transforms import decode_rgb
+    from training.data.transforms import decode_rgb
 
     for data in files:
         decode_rgb(data)

@@ -35,7 +35,7 @@ from training.context import WorkerContext  # noqa: E402
 from training.metrics import Accumulator  # noqa: E402
 from training.models import build_model, model_summary  # noqa: E402
 from training.loop import train_step  # noqa: E402
-from training.transforms import normalize  # noqa: E402
+from training.data.transforms import normalize  # noqa: E402
 
 
 def sync(device):
@@ -77,7 +77,7 @@ def bench(spec: str, args, device) -> dict:
     family, depth = spec.split(":")
     dataset = "cifar" if family == "cifar" else "imagenet"
     size = 32 if dataset == "cifar" else 224
-    cfg = TrainConfig(arch="residual", depth=int(depth), dataset=dataset, image_size=size,
+    cfg = TrainConfig(arch="residual", depth=int(depth), family=dataset, image_size=size,
                       precision=args.precision, global_batch_size=args.batch,
                       augment="cifar" if dataset == "cifar" else "imagenet",
                       channels_last=True, data_url="unused")

@@ -11,7 +11,7 @@ import yaml
 from orchestrator.capacity import ceiling_from_autoscaler_config
 from orchestrator.endpoints import REPO_ROOT, worker_env
 from orchestrator.spec import ClusterSpec
-from training import storage
+from training.data import storage
 from training.config import TrainConfig
 
 
@@ -134,7 +134,7 @@ def run_training(cfg: TrainConfig, cluster: ClusterSpec, sweep_id: str) -> RunOu
         train_func,
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cluster.use_gpu,
+        scaling_config=ScalingConfig(num_workers=cfg.world_size, use_gpu=cluster.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=f"{sweep_id}-{cfg.run_name}", storage_path=path, storage_filesystem=filesystem,

@@ -33,7 +33,7 @@ from PIL import Image
 
 from orchestrator.cifar_source import find_cifar, load_cifar_split
 from orchestrator.sources import SourceSample, load_split
-from training import storage
+from training.data import storage
 
 
 def plan_shards(samples: list[SourceSample], shard_size: int, seed: int) -> list[list[SourceSample]]:
@@ -85,7 +85,7 @@ def shard_bytes(samples: list[SourceSample]) -> tuple[bytes, dict]:
     return buf.getvalue(), counts
 
 
-class Progress:
+class ShardProgress:
     """A one-line progress bar on a terminal, a line per 10% in logs."""
 
     def __init__(self, total: int, label: str):
@@ -110,7 +110,7 @@ class Progress:
 def _train_classes(dest: str) -> list[str] | None:
     """Class ids of an already built training split, so validation labels line up with them."""
     url = storage.join(dest, "train", "manifest.json")
-    if storage.exists(url) is None:
+    if not storage.exists(url):
         return None
     return json.loads(storage.read_bytes(url))["classes"]
 
@@ -133,7 +133,7 @@ def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, 
                          train_classes=_train_classes(dest) if split != "train" else None)
     shards = plan_shards(src.samples, shard_size, seed)
     split_url = storage.join(dest, split)
-    progress = Progress(len(shards), f"{split} -> {split_url}")
+    progress = ShardProgress(len(shards), f"{split} -> {split_url}")
     lock = threading.Lock()
     stats = {"written": 0, "already_there": 0, "kept": 0, "converted": 0, "bad": 0, "jpg": 0,
              "png": 0}
@@ -142,7 +142,7 @@ def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, 
         name = f"shard-{index:06d}.tar"
         data, counts = shard_bytes(shards[index])
         url = storage.join(split_url, name)
-        present = storage.exists(url) == len(data)
+        present = storage.size(url) == len(data)
         if not present:
             storage.write_bytes(url, data)
         with lock:

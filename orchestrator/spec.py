@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from training.config import TrainConfig, check_types
+from training.config import TrainConfig, check_types, renamed_keys
 from training.recipes import recipe_values
 
 TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster", "tune")
@@ -129,10 +129,13 @@ def _tune(raw) -> TuneSpec | None:
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not seeds or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
         raise SpecError(f"tune.seeds must be integers, got {seeds}")
-    train = dict(raw.get("train") or {})
+    try:
+        train = renamed_keys(dict(raw.get("train") or {}))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     _check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)
                         if f.name not in ("arch", "depth", "seed", "lr", "eval_split",
-                                          "num_workers", "use_gpu", "mlflow_run_id",
+                                          "world_size", "use_gpu", "mlflow_run_id",
                                           "run_name", "variant")], "tune.train")
     return TuneSpec(tuple(float(v) for v in dict.fromkeys(lrs)), str(raw.get("split", "holdout")),
                     tuple(seeds), train)
@@ -187,7 +190,7 @@ class SweepSpec:
             if key in self.exclude or f"{arch}-{depth}" in self.exclude:
                 continue
             values = dict(preset, **self.train, **dict(variant), arch=arch, depth=depth,
-                          seed=seed, num_workers=self.cluster.workers_per_run,
+                          seed=seed, world_size=self.cluster.workers_per_run,
                           use_gpu=self.cluster.use_gpu, run_name=f"{key}-s{seed}", variant=name)
             try:
                 out.append(TrainConfig.from_dict(values))
@@ -247,9 +250,12 @@ def spec_from_dict(raw: dict) -> SweepSpec:
     _check_keys(raw, TOP_KEYS, "the spec")
     grid = raw.get("grid") or {}
     _check_keys(grid, GRID_KEYS, "grid")
-    train = dict(raw.get("train") or {})
+    try:
+        train = renamed_keys(dict(raw.get("train") or {}))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     _check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)
-                        if f.name not in ("arch", "depth", "seed", "num_workers", "use_gpu",
+                        if f.name not in ("arch", "depth", "seed", "world_size", "use_gpu",
                                           "mlflow_run_id", "run_name", "variant")], "train")
     cluster_raw = raw.get("cluster") or {}
     _check_keys(cluster_raw, [f.name for f in dataclasses.fields(ClusterSpec)], "cluster")

@@ -10,9 +10,11 @@ from datetime import datetime, timezone
 
 from orchestrator import capacity
 from orchestrator.report import publish, render_markdown
-from orchestrator.spec import SweepSpec, net_key
+from orchestrator.mlflow_record import TAG_RUN_KEY
+from orchestrator.spec import SpecError, SweepSpec, net_key
 from orchestrator.tuning import choose_lr, render_tuning, tuning_errors
-from training import storage
+from training.data import storage
+from training.config import config_changes
 from training.models import build_model, model_summary
 
 
@@ -24,13 +26,13 @@ def plan_rows(spec: SweepSpec) -> list[dict]:
     """One row per run: what it trains and its size (parameters, multiply-adds per image)."""
     rows = []
     for cfg in spec.runs():
-        model = build_model(cfg.arch, cfg.depth, dataset=cfg.dataset,
+        model = build_model(cfg.arch, cfg.depth, dataset=cfg.family,
                             num_classes=cfg.num_classes, **cfg.model_options())
         size = model_summary(model, cfg.image_size)
         rows.append({"run": cfg.run_name, "arch": cfg.arch, "depth": cfg.depth, "seed": cfg.seed,
                      "shortcut": cfg.resolved_shortcut(), "params": size["params"],
                      "macs": size["macs"], "image_size": cfg.image_size,
-                     "workers": cfg.num_workers, "global_batch": cfg.global_batch_size,
+                     "workers": cfg.world_size, "global_batch": cfg.global_batch_size,
                      "epochs": cfg.epochs, "max_steps": cfg.max_steps})
     return rows
 
@@ -111,7 +113,7 @@ def check_services(spec: SweepSpec) -> list[str]:
     data_url = spec.runs()[0].data_url
     for split in ("train", "val"):
         try:
-            if storage.exists(storage.join(data_url, split, "manifest.json")) is None:
+            if not storage.exists(storage.join(data_url, split, "manifest.json")):
                 problems.append(f"no {split} manifest under {data_url}: build the shards first")
         except storage.StorageError as exc:
             problems.append(str(exc))
@@ -158,7 +160,7 @@ def mlflow_problem(uri: str, user: str | None, password: str | None) -> str | No
     return None
 
 
-class Progress:
+class SweepStatus:
     """Runs done, running and queued, printed whenever that changes; and every ``every_s``
     seconds each running run's epoch and latest errors, read from its MLflow run."""
 
@@ -196,7 +198,7 @@ class Progress:
                   f"{len(self.running)} running, {queued} queued | {event}", flush=True)
 
 
-def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: Progress,
+def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: SweepStatus,
                 fail_fast: bool) -> list[str]:
     """Launch the runs, at most ``max_concurrent_runs`` at once; return the failures."""
     from orchestrator import launcher
@@ -259,7 +261,7 @@ def tune_stage(spec: SweepSpec, sweep_id: str, tracker, parent_id: str, sizes: d
     print(f"tune stage: {len(runs)} runs ({len(runs) - len(todo)} finished earlier), "
           f"learning rates {', '.join(f'{lr:g}' for lr in spec.tune.lr)} chosen on "
           f"{spec.tune.split!r}", flush=True)
-    progress = Progress(len(runs), len(runs) - len(todo), tracker)
+    progress = SweepStatus(len(runs), len(runs) - len(todo), tracker)
     try:
         failures = _train_runs(spec, sweep_id, todo, tracker, progress, fail_fast)
     finally:
@@ -272,6 +274,35 @@ def tune_stage(spec: SweepSpec, sweep_id: str, tracker, parent_id: str, sizes: d
                        | {"tune.split": spec.tune.split})
     print("\n".join(render_tuning(errors, chosen, spec.tune.split)), flush=True)
     return chosen
+
+
+def resubmission_changes(spec: SweepSpec, tracker) -> list[str]:
+    """One line per setting that differs between this submission and the runs the sweep id
+    already has (``train.lr: 0.1 -> 0.5 (residual-8-s0, ...)``): a run resumed or kept under
+    other settings would not be one computation. New runs (more seeds, depths, archs,
+    variants) and result-neutral settings (logging, checkpoint cadence, loader processes)
+    may change."""
+    existing = {r.data.tags.get(TAG_RUN_KEY): r for role in ("train", "tune")
+                for r in tracker.children(role)}
+    if not existing:
+        return []
+    import mlflow.artifacts
+
+    changed: dict[tuple[str, str, str], list[str]] = {}
+    for role, cfg in [("train", c) for c in spec.runs()] + [("tune", c) for c in spec.tune_runs()]:
+        run = existing.get(cfg.run_name)
+        if run is None:
+            continue
+        try:
+            old = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config/run.json")
+        except Exception:  # a run whose config cannot be read: its params tell the same
+            continue
+        for key, a, b in config_changes(old, cfg.to_dict()):
+            if key == "lr" and role == "train" and spec.tune:  # the tune stage sets it
+                continue
+            changed.setdefault((key, repr(a), repr(b)), []).append(cfg.run_name)
+    return [f"train.{key}: {a} -> {b} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})"
+            for (key, a, b), runs in sorted(changed.items())]
 
 
 def check_cluster(spec: SweepSpec) -> None:
@@ -296,10 +327,15 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
 
     Returns 0 when every run finished, 1 otherwise.
     """
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.mlflow_record import SweepTracker
 
-    check_cluster(spec)  # before any MLflow run exists: a refused sweep leaves no record
     tracker = SweepTracker(spec.experiment, sweep_id)
+    changed = resubmission_changes(spec, tracker)
+    if changed:
+        raise SpecError(f"sweep {sweep_id} was submitted before with other settings:\n  "
+                        + "\n  ".join(changed) + "\nits runs would mix two computations: "
+                        "give this submission a new --sweep-id, or set them back")
+    check_cluster(spec)  # before any MLflow run exists: a refused sweep leaves no record
     parent_id = tracker.parent(spec.to_dict())
     sizes = {row["run"]: row for row in (plan or plan_rows(spec))}
     dataset = dataset_record(spec)
@@ -324,7 +360,7 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
         tracker.mark_running(child.run_id)
         todo.append(cfg.replace(mlflow_run_id=child.run_id))
 
-    progress = Progress(len(todo) + skipped, skipped, tracker)
+    progress = SweepStatus(len(todo) + skipped, skipped, tracker)
     try:
         failures = _train_runs(spec, sweep_id, todo, tracker, progress, fail_fast)
     except BaseException as exc:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.endpoints import apply_local_stack_defaults  # noqa: E402
 from orchestrator.shards import build_split  # noqa: E402
-from training.storage import StorageError  # noqa: E402
+from training.data.storage import StorageError  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from orchestrator.endpoints import apply_local_stack_defaults  # noqa: E402
 from orchestrator.spec import SpecError, load_spec  # noqa: E402
-from training.storage import StorageError  # noqa: E402
+from training.data.storage import StorageError  # noqa: E402
 
 
 def parse_args(argv=None):

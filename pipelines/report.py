@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     apply_local_stack_defaults()
     from orchestrator.report import publish, render_markdown
     from orchestrator.spec import SpecError, load_spec
-    from orchestrator.tracking import TAG_DATA, SweepTracker
+    from orchestrator.mlflow_record import TAG_DATA, SweepTracker
 
     try:
         experiment = args.experiment or load_spec(args.config).experiment

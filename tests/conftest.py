@@ -59,7 +59,7 @@ def s3_server(tmp_path_factory):
 def s3_shards(s3_server, demo_images) -> str:
     """The same shards as ``shards``, uploaded to a bucket of the S3 server."""
     from orchestrator.shards import build_split
-    from training import storage
+    from training.data import storage
 
     storage.ensure_bucket("s3://test-data")
     for split in ("train", "val"):

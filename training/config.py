@@ -4,10 +4,11 @@ as the first line of every worker, logged as MLflow params and stored in every c
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 from training.models import VARIANT_DEFAULTS, resolve_spec
-from training.transforms import AUGMENTS
+from training.data.transforms import AUGMENTS
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -17,7 +18,7 @@ class TrainConfig:
     # What is trained.
     arch: str = "residual"
     depth: int = 20
-    dataset: str = "cifar"  # model family: "cifar" or "imagenet" ([P1] Sec. 4.2 / 3.4)
+    family: str = "cifar"  # the model family: "cifar" or "imagenet" ([P1] Sec. 4.2 / 3.4)
     shortcut: str | None = None  # None: the family's default (A for cifar, B for imagenet)
     # None: the family's default (imagenet: stride on the 3x3 conv, torchvision's v1.5; cifar
     # bottlenecks: on the first 1x1 conv, as [P2]'s code).
@@ -44,7 +45,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int = 0  # stop after this many iterations (0: epochs x steps per epoch)
     global_batch_size: int = 128
-    num_workers: int = 1  # DDP world size
+    world_size: int = 1  # DDP workers of the run (the cluster's workers_per_run)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -87,7 +88,7 @@ class TrainConfig:
 
     @property
     def per_worker_batch_size(self) -> int:
-        return self.global_batch_size // self.num_workers
+        return self.global_batch_size // self.world_size
 
     def model_options(self) -> dict:
         """The options of ``training.models.build_model`` this config sets."""
@@ -105,7 +106,7 @@ class TrainConfig:
 
     def resolved_net(self):
         """The network's structure (``training.models.NetSpec``), defaults filled in."""
-        return resolve_spec(self.arch, self.depth, dataset=self.dataset, **self.model_options())
+        return resolve_spec(self.arch, self.depth, dataset=self.family, **self.model_options())
 
     def resolved_shortcut(self) -> str:
         return self.resolved_net().shortcut
@@ -117,6 +118,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = renamed_keys(d)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(
@@ -127,6 +129,50 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Settings that do not change what a run computes: how often it logs and checkpoints, what it
+# records, how its data is fed and laid out in memory. A resumed run or a resubmitted sweep may
+# change them; any other change would mix two computations in one result.
+RESULT_NEUTRAL = frozenset({
+    "log_every_steps", "checkpoint_every_steps", "log_model", "system_metrics",
+    "layer_responses", "loader_workers", "ddp_bucket_cap_mb", "channels_last", "compile",
+    "mlflow_run_id", "run_name", "variant", "recipe"})
+
+
+def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """``(key, old value, new value)`` for each setting that changes what the run computes."""
+    old, new = renamed_keys(old, quiet=True), renamed_keys(new, quiet=True)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESULT_NEUTRAL:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            out.append((key, old.get(key), new.get(key)))
+    return out
+
+
+# Keys that changed name: the old one still works for a version, with a one-line message.
+RENAMED = {"dataset": "family", "num_workers": "world_size"}
+_told: set[str] = set()
+
+
+def renamed_keys(d: dict, where: str = "train.", quiet: bool = False) -> dict:
+    """``d`` with renamed keys under their new names (an old checkpoint's config, a spec)."""
+    out = dict(d)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{where}{old} is the old name of {where}{new}: give only {new}")
+            out[new] = out.pop(old)
+            if not quiet and old not in _told:
+                _told.add(old)
+                print(f"note: {where}{old} is now {where}{new}; the old name will stop working "
+                      "in the next version", file=sys.stderr)
+    return out
 
 
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
@@ -152,7 +198,7 @@ def check_types(obj, where: str = "") -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError with one clear message for an impossible configuration."""
-    resolve_spec(cfg.arch, cfg.depth, dataset=cfg.dataset, **cfg.model_options())
+    resolve_spec(cfg.arch, cfg.depth, dataset=cfg.family, **cfg.model_options())
     if cfg.augment not in AUGMENTS:
         raise ValueError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTS)}")
     if cfg.lr_schedule not in ("step", "plateau"):
@@ -170,15 +216,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("eval_crops=10 needs an imagenet augment (the crops come from a resize)")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {cfg.precision!r}: choose one of {PRECISIONS}")
-    positive = ("epochs", "global_batch_size", "num_workers", "image_size", "log_every_steps")
+    positive = ("epochs", "global_batch_size", "world_size", "image_size", "log_every_steps")
     for name in positive:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if cfg.global_batch_size % cfg.num_workers:
+    if cfg.global_batch_size % cfg.world_size:
         raise ValueError(
-            f"global_batch_size {cfg.global_batch_size} is not divisible by num_workers "
-            f"{cfg.num_workers}"
+            f"global_batch_size {cfg.global_batch_size} is not divisible by the world size "
+            f"{cfg.world_size} (cluster.workers_per_run)"
         )
     if cfg.lr <= 0 or cfg.warmup_lr < 0 or cfg.warmup_steps < 0 or cfg.loader_workers < 0:
         raise ValueError("lr must be positive; warmup_lr, warmup_steps, loader_workers >= 0")

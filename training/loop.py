@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from training.config import TrainConfig
+from training.config import TrainConfig, config_changes
 from training.context import WorkerContext
 from training.data import build_loader, read_manifest
 from training.metrics import Accumulator
 from training.models import build_model
 from training.responses import LayerResponses, summary_metrics
 from training.schedule import milestone_steps, plateau_drops, scaled_lr, step_lr
-from training.transforms import normalize
+from training.data.transforms import normalize
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TRAIN_KEYS = ("train/loss", "train/error_top1", "lr", "throughput/images_per_sec")
@@ -50,7 +50,7 @@ def steps_per_epoch(num_samples: int, world_size: int, per_worker_batch: int) ->
 
 
 @dataclass
-class Progress:
+class RunPosition:
     """Where a run is: what a checkpoint must carry besides the weights."""
 
     epoch: int = 0  # the epoch in progress (or the next one, when batch == 0)
@@ -59,15 +59,15 @@ class Progress:
     val_history: list[float] = field(default_factory=list)  # val top-1 after each evaluation
 
 
-def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, progress: Progress,
+def save_checkpoint(folder: str, *, model, optimizer, cfg: TrainConfig, position: RunPosition,
                     undelivered_metrics: list | None = None) -> str:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "epoch": progress.epoch,
-        "batch_in_epoch": progress.batch,
-        "step": progress.step,
-        "val_history": list(progress.val_history),
+        "epoch": position.epoch,
+        "batch_in_epoch": position.batch,
+        "step": position.step,
+        "val_history": list(position.val_history),
         "config": cfg.to_dict(),
         "mlflow_run_id": cfg.mlflow_run_id,
         "torch_rng": torch.get_rng_state(),
@@ -101,7 +101,7 @@ def evaluate(model, cfg: TrainConfig, ctx: WorkerContext, manifest,
     loader = build_loader(cfg.data_url, cfg.eval_split, batch_size=cfg.per_worker_batch_size,
                           rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
                           image_size=cfg.image_size, augment=cfg.augment,
-                          num_workers=cfg.loader_workers, eval_crops=cfg.eval_crops,
+                          loader_workers=cfg.loader_workers, eval_crops=cfg.eval_crops,
                           manifest=manifest)
     acc = Accumulator(ctx.device)
     was_training = model.training
@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
         raise ValueError("the manifest names no classes: set num_classes in the config")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg.arch, cfg.depth, dataset=cfg.dataset, num_classes=num_classes,
+    model = build_model(cfg.arch, cfg.depth, dataset=cfg.family, num_classes=num_classes,
                         **cfg.model_options()).to(ctx.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -193,17 +193,23 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
     total_steps = cfg.max_steps or cfg.epochs * per_epoch
     epochs = math.ceil(total_steps / per_epoch)
     schedule = Schedule(cfg, total_steps)
-    progress = Progress()
+    position = RunPosition()
     if ctx.restore_dir:
         state = load_checkpoint(ctx.restore_dir)
+        changes = config_changes(state.get("config", {}), cfg.to_dict())
+        if changes:
+            raise ValueError(
+                f"[{cfg.run_name}] refusing to resume from {ctx.restore_dir}: it was trained "
+                "with other settings (" + "; ".join(f"{k}: {a!r} there, {b!r} here"
+                                                    for k, a, b in changes) + ")")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        progress = Progress(state["epoch"], state["batch_in_epoch"], state["step"],
+        position = RunPosition(state["epoch"], state["batch_in_epoch"], state["step"],
                             list(state["val_history"]))
         torch.set_rng_state(state["torch_rng"])
         ctx.tracker.requeue(state.get("undelivered_metrics", []))
-        ctx.print0(f"[{cfg.run_name}] resumed at step {progress.step} "
-                   f"(epoch {progress.epoch + 1}, batch {progress.batch})")
+        ctx.print0(f"[{cfg.run_name}] resumed at step {position.step} "
+                   f"(epoch {position.epoch + 1}, batch {position.batch})")
 
     net = model
     if ctx.distributed:
@@ -215,62 +221,62 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
     acc = Accumulator(ctx.device)
     final: dict = {}
     jit_saved = False  # one just-in-time checkpoint per preemption notice is enough
-    while progress.step < total_steps:
-        epoch = progress.epoch
+    while position.step < total_steps:
+        epoch = position.epoch
         loader = build_loader(cfg.data_url, "train", batch_size=cfg.per_worker_batch_size,
                               rank=ctx.rank, world_size=ctx.world_size, epoch=epoch,
                               seed=cfg.seed, image_size=cfg.image_size, augment=cfg.augment,
-                              num_workers=cfg.loader_workers, manifest=train_manifest,
-                              skip_batches=progress.batch, pin_memory=ctx.device.type == "cuda")
+                              loader_workers=cfg.loader_workers, manifest=train_manifest,
+                              skip_batches=position.batch, pin_memory=ctx.device.type == "cuda")
         net.train()
         acc.reset()
         t_last = time.perf_counter()
         for images, labels in loader:
-            lr = schedule.lr(progress.step, progress.val_history)
+            lr = schedule.lr(position.step, position.val_history)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             train_step(net, optimizer, images, labels, cfg, ctx, acc)
-            progress.step += 1
-            progress.batch += 1
-            end_of_epoch = progress.batch == per_epoch or progress.step == total_steps
-            if progress.step % cfg.log_every_steps == 0 or end_of_epoch:
+            position.step += 1
+            position.batch += 1
+            end_of_epoch = position.batch == per_epoch or position.step == total_steps
+            if position.step % cfg.log_every_steps == 0 or end_of_epoch:
                 res = acc.result(ctx.distributed)  # a collective: every rank is here
                 now = time.perf_counter()
                 final.update({"train/loss": res["loss"], "train/error_top1": res["error_top1"],
                               "lr": lr, "throughput/images_per_sec": res["count"] / max(now - t_last, 1e-9)})
-                ctx.tracker.log_metrics({k: final[k] for k in TRAIN_KEYS}, progress.step)
+                ctx.tracker.log_metrics({k: final[k] for k in TRAIN_KEYS}, position.step)
                 acc.reset()
                 t_last = now
             if end_of_epoch:
                 break
-            if cfg.checkpoint_every_steps and progress.step % cfg.checkpoint_every_steps == 0:
-                _report(ctx, dict(final), model, optimizer, cfg, progress)
+            if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0:
+                _report(ctx, dict(final), model, optimizer, cfg, position)
             elif (ctx.preempted is not None and not jit_saved
-                  and progress.step % cfg.log_every_steps == 0 and ctx.preempted()):
+                  and position.step % cfg.log_every_steps == 0 and ctx.preempted()):
                 # A node of this run is being drained (spot reclaim): save now, not at the next
                 # epoch end, so the restart loses at most log_every_steps steps. Asked at log
                 # steps only: under Ray it is a barrier across the ranks.
                 jit_saved = True
-                ctx.print0(f"[{cfg.run_name}] node preemption notice at step {progress.step}: "
+                ctx.print0(f"[{cfg.run_name}] node preemption notice at step {position.step}: "
                            "just-in-time checkpoint")
-                ctx.tracker.log_metrics({"checkpoint/preemption_step": progress.step}, progress.step)
-                _report(ctx, dict(final), model, optimizer, cfg, progress)
+                ctx.tracker.log_metrics({"checkpoint/preemption_step": position.step}, position.step)
+                _report(ctx, dict(final), model, optimizer, cfg, position)
 
-        last = progress.step >= total_steps
+        last = position.step >= total_steps
         measure = cfg.layer_responses == "every_eval" or (cfg.layer_responses == "end" and last)
         val = evaluate(model, cfg, ctx, val_manifest, responses=measure)
         if measure:
-            _log_responses(ctx, cfg, val["responses"], progress.step)
-        progress.val_history.append(val["error_top1"])
-        progress.epoch, progress.batch = epoch + 1, 0
+            _log_responses(ctx, cfg, val["responses"], position.step)
+        position.val_history.append(val["error_top1"])
+        position.epoch, position.batch = epoch + 1, 0
         final.update({"val/error_top1": val["error_top1"], "val/error_top5": val["error_top5"],
                       "val/loss": val["loss"], "data/skipped_samples": loader.skipped + val["skipped"],
                       "epoch": epoch + 1})
-        ctx.tracker.log_metrics({k: final[k] for k in VAL_KEYS}, progress.step)
+        ctx.tracker.log_metrics({k: final[k] for k in VAL_KEYS}, position.step)
         ctx.print0(f"[{cfg.run_name or cfg.arch + str(cfg.depth)}] epoch {epoch + 1}/{epochs} "
-                   f"step {progress.step} train err {final.get('train/error_top1', float('nan')):.1f}% "
+                   f"step {position.step} train err {final.get('train/error_top1', float('nan')):.1f}% "
                    f"val err {val['error_top1']:.1f}% ({val['count']} images)")
-        _report(ctx, dict(final), model, optimizer, cfg, progress)
+        _report(ctx, dict(final), model, optimizer, cfg, position)
     if cfg.log_model and ctx.is_main:
         example = normalize(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=ctx.device))
         ctx.tracker.log_model(model, example)
@@ -284,10 +290,10 @@ def _log_responses(ctx, cfg: TrainConfig, responses: dict, step: int) -> None:
                           **responses}, f"responses/layer_responses-step{step:08d}.json")
 
 
-def _report(ctx, metrics, model, optimizer, cfg, progress: Progress):
+def _report(ctx, metrics, model, optimizer, cfg, position: RunPosition):
     if ctx.report is None:
         return
-    metrics["step"] = progress.step
+    metrics["step"] = position.step
     if not ctx.is_main:
         ctx.report(metrics, None)
         return
@@ -295,6 +301,6 @@ def _report(ctx, metrics, model, optimizer, cfg, progress: Progress):
     # a run resumed from here never logs those steps again.
     undelivered = ctx.tracker.flush()
     with tempfile.TemporaryDirectory(prefix="depthlab-ckpt-") as folder:
-        save_checkpoint(folder, model=model, optimizer=optimizer, cfg=cfg, progress=progress,
+        save_checkpoint(folder, model=model, optimizer=optimizer, cfg=cfg, position=position,
                         undelivered_metrics=undelivered)
         ctx.report(metrics, folder)

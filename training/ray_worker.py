@@ -14,7 +14,7 @@ import tempfile
 from training.config import TrainConfig
 from training.context import NullTracker, WorkerContext
 from training.loop import train
-from training.transforms import jpeg_decoder
+from training.data.transforms import jpeg_decoder
 
 
 def train_func(config: dict) -> None:
@@ -45,7 +45,7 @@ def train_func(config: dict) -> None:
 
     tracker = NullTracker()
     if rank == 0 and cfg.mlflow_run_id:
-        from training.tracking import MlflowSink
+        from training.metrics_sink import MlflowSink
 
         tracker = MlflowSink(cfg.mlflow_run_id, system_metrics=cfg.system_metrics)
         # Which JPEG decoder the workers really have (a missing native build only costs speed,

@@ -261,7 +261,7 @@ def seed_demo_data(state: dict, folder: Path, env: dict) -> None:
     os.environ.update(env)
     from orchestrator.demo_data import generate, signature
     from orchestrator.shards import build_split
-    from training import storage
+    from training.data import storage
 
     storage.ensure_bucket(f"s3://{BUCKET}")
     for prefix, args in DATASETS.items():

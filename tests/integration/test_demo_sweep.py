@@ -88,8 +88,11 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
             assert key in child.data.params
         assert child.data.params["num_workers"] == "2" and child.data.params["shortcut"] == "A"
         assert child.data.params["model_params"] == "75290"  # CIFAR net of depth 8, 10 classes
-        # The native decoder is found from a job's working_dir copy, which leaves built files out.
-        assert child.data.tags["depthlab.jpeg_decoder"].startswith("depthlab_jpegroi"), child.data.tags
+        # The native decoder (where it is built) is found from a job's working_dir copy, which
+        # leaves built files out.
+        from training.data.transforms import jpeg_decoder
+
+        assert child.data.tags["depthlab.jpeg_decoder"] == jpeg_decoder(), child.data.tags
         for key in ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
                     "throughput/images_per_sec", "responses/mean_std"):
             assert key in child.data.metrics, key
@@ -188,6 +191,13 @@ def test_resubmitting_the_sweep_skips_finished_runs(sweep, stack, mlflow_client)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished in an earlier submission, skipped") == 3
     assert len(runs_of(mlflow_client, "it-1", "train")) == 3
+    # Other training settings under the same id: refused before anything starts, each named.
+    changed = run([sys.executable, "pipelines/compare_depths.py", *REDUCED, "--sweep-id", "it-1",
+                   "--set", "train.lr=0.5", "--set", "train.log_every_steps=7"],
+                  clean_env(stack[0]), 300)
+    assert changed.returncode == 2, changed.stdout[-2000:] + changed.stderr[-2000:]
+    assert "train.lr: 0.1 -> 0.5 (plain-8-s0, preact-8-s0, residual-8-s0)" in changed.stderr
+    assert "log_every_steps" not in changed.stderr  # logging cadence does not change results
 
 
 def test_ray_job_submit_runs_the_main_job(sweep, stack, mlflow_client, monkeypatch):

@@ -14,7 +14,7 @@ import json
 import pytest
 from conftest import free_port
 
-from training import storage
+from training.data import storage
 
 BROKEN_YAML = "experiment: x\ngrid: {arch: [plain], depth: [8]\n"
 
@@ -27,7 +27,7 @@ CONFIG_CASES = [
     ("unknown cluster key", ["--set", "cluster.gpus=1"], "unknown key(s) ['gpus']"),
     ("--set without =", ["--set", "grid"], "--set expects key=value"),
     ("CIFAR depth that is not 6n+2", ["--set", "grid.depth=[18]"], "cifar depth 18"),
-    ("ImageNet depth that does not exist", ["--set", "train.dataset=imagenet", "--set", "grid.depth=[42]"],
+    ("ImageNet depth that does not exist", ["--set", "train.family=imagenet", "--set", "grid.depth=[42]"],
      "depth 42"),
     ("unknown architecture", ["--set", "grid.arch=[dense]"], "unknown arch 'dense'"),
     ("unknown shortcut", ["--set", "train.shortcut=D"], "unknown shortcut 'D'"),
@@ -35,7 +35,7 @@ CONFIG_CASES = [
     ("a number that is not one", ["--set", "train.lr=abc"], "lr must be a number, got 'abc'"),
     ("a negative count", ["--set", "train.epochs=-1"], "epochs must be a positive integer"),
     ("milestones out of order", ["--set", "train.lr_milestones=[0.8,0.5]"], "lr_milestones must be increasing"),
-    ("batch not divisible by workers", ["--set", "cluster.workers_per_run=3"], "not divisible by num_workers 3"),
+    ("batch not divisible by workers", ["--set", "cluster.workers_per_run=3"], "not divisible by the world size 3"),
     ("GPUs asked with zero per worker", ["--set", "cluster.use_gpu=true", "--set", "cluster.gpus_per_worker=0"],
      "gpus_per_worker must be > 0"),
     ("cluster field of the wrong type", ["--set", "cluster.cpus_per_worker=x"],
@@ -113,7 +113,7 @@ def test_broken_manifests_and_missing_shards_are_one_error(shards, tmp_path):
     (gone / "train" / manifest["shards"][-1]["name"]).unlink()
     # 160 samples in batches of 16: no remainder, so every shard is read.
     loader = build_loader(str(gone), "train", batch_size=16, rank=0, world_size=1, epoch=0,
-                          image_size=16, augment="cifar", num_workers=0)
+                          image_size=16, augment="cifar", loader_workers=0)
     with pytest.raises(storage.StorageError, match=manifest["shards"][-1]["name"]):
         for _ in loader:
             pass

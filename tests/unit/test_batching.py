@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.batching import BatchBuilder, empty_batch
+from training.data.batching import BatchBuilder, empty_batch
 
 SHAPE = (3, 4, 5)
 

@@ -12,9 +12,9 @@ import webdataset
 
 from orchestrator.shards import build_split
 from orchestrator.sources import load_split
-from training import data
+from training.data import loader as data
 from training.data import build_loader, plan_epoch, read_manifest, split_ranges
-from training.storage import StorageError
+from training.data.storage import StorageError
 
 COUNTS = (30, 30, 30, 30, 30, 10)  # 160 samples, the last shard short
 
@@ -88,7 +88,7 @@ def test_eval_loader_sees_every_sample_once(shards, world, workers):
     total = 0
     for rank in range(world):
         loader = build_loader(shards, "val", batch_size=8, rank=rank, world_size=world,
-                              image_size=16, num_workers=workers)
+                              image_size=16, loader_workers=workers)
         for images, y in loader:
             assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
             labels.update(y.tolist())
@@ -99,7 +99,7 @@ def test_eval_loader_sees_every_sample_once(shards, world, workers):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_loader_equal_batch_counts(shards, workers):
     counts = [sum(1 for _ in build_loader(shards, "train", batch_size=16, rank=r, world_size=3,
-                                          image_size=16, num_workers=workers)) for r in range(3)]
+                                          image_size=16, loader_workers=workers)) for r in range(3)]
     assert counts == [3, 3, 3]
 
 
@@ -133,7 +133,7 @@ def test_shuffle_buffer_starts_small_then_grows_to_full_size():
     assert out == list(stream._shuffled(iter(range(5000)), "s"))  # a function of the seed
 
 
-def _shuffle_retaining(detach, hold=64, per_shard=10, nshards=60):
+def _shuffle_retaining(copy_out, hold=64, per_shard=10, nshards=60):
     """Samples of bytearray "shards" through the shuffle buffer as views, as the loader reads
     them; returns the keys given out and, for each shard, the most samples read while it was
     still held after its last sample came in."""
@@ -159,7 +159,7 @@ def _shuffle_retaining(detach, hold=64, per_shard=10, nshards=60):
         return False
 
     keys, overstay = [], [0] * nshards
-    for key, parts in stream._shuffled(samples(), "s", detach):
+    for key, parts in stream._shuffled(samples(), "s", copy_out):
         assert bytes(parts["jpg"]) == bytes([int(key.split("/")[0])])  # the right bytes
         keys.append(key)
         del parts
@@ -177,7 +177,7 @@ def test_samples_that_wait_long_are_copied_out_of_their_shards():
 
     def detach(sample):
         detached.append(sample[0])
-        return data.detach_sample(sample)
+        return data.copy_out_of_shard(sample)
 
     keys, overstay = _shuffle_retaining(detach)
     assert max(overstay) <= 1.25 * 64
@@ -214,7 +214,7 @@ def test_train_order_is_reproducible_and_resume_skips_exactly(shards):
     full = labels()
     assert full == labels()
     assert labels(skip_batches=4) == full[4:]
-    assert labels(num_workers=2, skip_batches=3) == labels(num_workers=2)[3:]
+    assert labels(loader_workers=2, skip_batches=3) == labels(loader_workers=2)[3:]
 
 
 def _write_tar(path: Path, members: dict[str, bytes]) -> None:
@@ -294,12 +294,12 @@ def test_the_per_sample_augmentation_draws_are_pinned(shards):
 @pytest.mark.parametrize("augment", ["cifar", "imagenet"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_filled_in_place_stay_what_they_were(shards, augment, workers):
-    # Each image is written into its slot of the batch (training/batching.py); worker
+    # Each image is written into its slot of the batch (training/data/batching.py); worker
     # processes send the batches through shared memory. Holding every batch or dropping each
     # at once must give the same pixels, every batch in memory of its own.
     def batches():
         return build_loader(shards, "train", batch_size=16, image_size=16, augment=augment,
-                            seed=5, num_workers=workers)
+                            seed=5, loader_workers=workers)
 
     def sums(images, labels):
         return images.sum((1, 2, 3)).tolist(), labels.tolist()

@@ -7,7 +7,7 @@ import pytest
 
 from faultproxy import FaultProxy
 from training.data import build_loader, read_manifest
-from training.storage import StorageError
+from training.data.storage import StorageError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -16,7 +16,7 @@ def read_all(url, world, workers, split="val", batch=8):
     labels, total = Counter(), 0
     for rank in range(world):
         loader = build_loader(url, split, batch_size=batch, rank=rank, world_size=world,
-                              image_size=16, num_workers=workers)
+                              image_size=16, loader_workers=workers)
         for _, y in loader:
             labels.update(y.tolist())
             total += len(y)
@@ -94,7 +94,7 @@ def test_one_s3_client_per_process_shared_by_its_threads(monkeypatch):
     import os
     import threading
 
-    from training import storage
+    from training.data import storage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never contacted
     main = storage.s3_client()

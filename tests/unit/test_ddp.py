@@ -20,7 +20,7 @@ def _worker(rank, world, port, shards, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     reports = []
     cfg = TrainConfig(arch="preact", depth=8, data_url=shards, image_size=16, epochs=2,
-                      global_batch_size=32, num_workers=world, log_every_steps=2,
+                      global_batch_size=32, world_size=world, log_every_steps=2,
                       checkpoint_every_steps=3)
     ctx = WorkerContext(rank=rank, world_size=world,
                         report=lambda m, ckpt: reports.append((m["step"], ckpt is not None)))

@@ -1,4 +1,4 @@
-"""Region-of-interest JPEG decoding (training/_jpegroi.c) against PIL's full decode.
+"""Region-of-interest JPEG decoding (training/data/_jpegroi.c) against PIL's full decode.
 
 The extension must give exactly PIL's pixels for any box, at any DCT scale, for baseline and
 progressive files, 4:4:4 and 4:2:0 chroma, colour and grayscale; reject what PIL rejects; and
@@ -7,6 +7,7 @@ leave CMYK to PIL. The transforms built on it must not depend on whether it is t
 
 import io
 import math
+import os
 import random
 
 import numpy as np
@@ -14,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training import transforms
-from training.transforms import (PaperScaleAugment, RandomResizedCrop, ResizeCenterCrop,
+from training.data import transforms
+from training.data.transforms import (PaperScaleAugment, RandomResizedCrop, ResizeCenterCrop,
                                  dct_scale, decode_box, decode_rgb)
 
 
@@ -41,10 +42,19 @@ def roi(data: bytes, box, denom: int) -> np.ndarray:
     return np.frombuffer(pixels, np.uint8).reshape(h, w, 3)
 
 
+# The extension is optional: without a compiler or libjpeg's headers the install goes on and the
+# loader decodes with PIL; the tests of the extension itself are then skipped, with the reason.
+needs_extension = pytest.mark.skipif(
+    transforms._jpegroi is None,
+    reason="depthlab_jpegroi is not built here (it needs gcc and libjpeg-dev); the loader decodes with PIL")
+
+
+@pytest.mark.skipif(not os.environ.get("DEPTHLAB_REQUIRE_JPEGROI"),
+                    reason="only where the extension must be there (CI sets DEPTHLAB_REQUIRE_JPEGROI)")
 def test_the_extension_is_built():
     # Built by `make setup` (pip install -e .) against the system's libjpeg-turbo headers
-    # (Debian/Ubuntu: libjpeg-dev). Without it the loader still works, at PIL's speed.
-    assert transforms._jpegroi is not None, "training/_jpegroi.c was not built: install libjpeg-dev"
+    # (Debian/Ubuntu: libjpeg-dev).
+    assert transforms._jpegroi is not None, "training/data/_jpegroi.c was not built: install libjpeg-dev"
 
 
 FILES = {
@@ -56,6 +66,7 @@ FILES = {
 }
 
 
+@needs_extension
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("denom", [1, 2, 8])
 def test_any_box_has_exactly_pils_pixels(name, denom):
@@ -73,6 +84,7 @@ def test_any_box_has_exactly_pils_pixels(name, denom):
                                       full[top:bottom, left:right], err_msg=str((left, top, right, bottom)))
 
 
+@needs_extension
 def test_a_box_past_the_edge_is_clipped_and_an_empty_one_refused():
     data = textured()
     assert roi(data, (400, 300, 9999, 9999), 1).shape == (75, 100, 3)
@@ -82,6 +94,7 @@ def test_a_box_past_the_edge_is_clipped_and_an_empty_one_refused():
         roi(data, (0, 0, 10, 10), 3)
 
 
+@needs_extension
 @pytest.mark.parametrize("bad", [b"", b"\xff\xd8 not a jpeg", b"GIF89a"])
 def test_bad_bytes_raise_value_error(bad):
     with pytest.raises(ValueError, match="bad JPEG"):
@@ -90,6 +103,7 @@ def test_bad_bytes_raise_value_error(bad):
         transforms._jpegroi.size(bad)
 
 
+@needs_extension
 def test_a_truncated_file_fails_where_its_pixels_are_missing():
     data = textured()
     cut = data[: len(data) // 2]
@@ -101,6 +115,7 @@ def test_a_truncated_file_fails_where_its_pixels_are_missing():
     np.testing.assert_array_equal(roi(cut, (0, 0, 500, 40), 1), pil_pixels(data, 1)[:40])
 
 
+@needs_extension
 def test_cmyk_is_left_to_pil():
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).convert("CMYK").save(buf, "JPEG")

@@ -190,3 +190,15 @@ def test_a_preemption_notice_writes_one_just_in_time_checkpoint(shards, tmp_path
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)
     assert [s for s, m in rec.points if "checkpoint/preemption_step" in m] == [6]
     assert len(notices) == 3  # one notice, one checkpoint: no more questions after it
+
+
+def test_a_resumed_run_refuses_a_checkpoint_made_with_other_settings(shards, tmp_path):
+    from training.config import config_changes
+
+    first = LocalCheckpoints(tmp_path / "a")
+    train(config(shards, epochs=1), WorkerContext(report=first))
+    # Logging and checkpoint cadence may change; the learning rate may not.
+    quieter = config(shards, epochs=2, log_every_steps=3)
+    assert [k for k, _, _ in config_changes(config(shards, epochs=1).to_dict(), quieter.to_dict())] == ["epochs"]
+    with pytest.raises(ValueError, match=r"lr: 0.05 there, 0.5 here"):
+        train(config(shards, epochs=1, lr=0.5), WorkerContext(restore_dir=first.latest()))

@@ -35,7 +35,7 @@ def wait_until(check, timeout: float, what: str) -> None:
 def test_metrics_logged_while_mlflow_is_down_arrive_when_it_is_back(tmp_path, monkeypatch, caplog):
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import MlflowSink
+    from training.metrics_sink import MlflowSink
 
     port, db, log = free_port(), tmp_path / "mlflow.db", tmp_path / "mlflow.log"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")

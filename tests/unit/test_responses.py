@@ -101,7 +101,7 @@ def _rank(rank, world, port, shards, out):
     torch.manual_seed(0)
     model = build_model("residual", 8, dataset="cifar", num_classes=4)
     cfg = TrainConfig(arch="residual", depth=8, data_url=shards, image_size=16,
-                      global_batch_size=8 * world, num_workers=world)
+                      global_batch_size=8 * world, world_size=world)
     from training.data import read_manifest
 
     result = evaluate(model, cfg, WorkerContext(rank=rank, world_size=world),

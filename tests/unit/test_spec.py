@@ -12,14 +12,14 @@ def test_demo_spec_expands_into_six_two_worker_runs():
     spec = load_spec(DEMO)
     runs = spec.runs()
     assert [r.run_name for r in runs][:2] == ["plain-8-s0", "plain-14-s0"]
-    assert len(runs) == 6 and {r.num_workers for r in runs} == {2}
+    assert len(runs) == 6 and {r.world_size for r in runs} == {2}
     assert {r.arch for r in runs} == {"plain", "residual", "preact"}
-    assert all(r.dataset == "cifar" and r.per_worker_batch_size == 64 for r in runs)
+    assert all(r.family == "cifar" and r.per_worker_batch_size == 64 for r in runs)
 
 
 def test_overrides_parse_yaml_values():
     spec = load_spec(DEMO, ["grid.depth=[8]", "train.epochs=1", "cluster.workers_per_run=1"])
-    assert spec.depths == (8,) and spec.runs()[0].epochs == 1 and spec.runs()[0].num_workers == 1
+    assert spec.depths == (8,) and spec.runs()[0].epochs == 1 and spec.runs()[0].world_size == 1
 
 
 def test_round_trip_through_to_dict():
@@ -55,7 +55,7 @@ def test_malformed_override_and_missing_file():
 def test_every_shipped_config_is_valid(name):
     spec = load_spec(REPO / "configs" / f"{name}.yaml")
     runs = spec.runs()
-    assert runs and all(r.global_batch_size % r.num_workers == 0 for r in runs)
+    assert runs and all(r.global_batch_size % r.world_size == 0 for r in runs)
 
 
 def test_paper_configs_carry_the_papers_recipes():
@@ -176,3 +176,22 @@ def test_a_grid_varies_model_options_like_arch_and_depth():
         load_spec(REPO / "configs" / "demo.yaml", ["grid.variant=[{gate: 1}]"])
     with pytest.raises(SpecError, match="same variant twice"):
         load_spec(REPO / "configs" / "demo.yaml", ["grid.variant=[dropout, dropout]"])
+
+
+def test_a_renamed_key_still_works_for_a_version_with_a_note(capsys):
+    from training.config import TrainConfig, _told
+
+    import yaml
+
+    from orchestrator.spec import spec_from_dict
+
+    _told.clear()
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["train"]["dataset"] = raw["train"].pop("family")
+    assert spec_from_dict(raw).runs()[0].family == "cifar"
+    assert "train.dataset is now train.family" in capsys.readouterr().err
+    old = TrainConfig.from_dict({"dataset": "imagenet", "num_workers": 2, "depth": 18,
+                                 "global_batch_size": 64})
+    assert old.family == "imagenet" and old.world_size == 2
+    with pytest.raises(ValueError, match="give only family"):
+        TrainConfig.from_dict({"dataset": "cifar", "family": "cifar"})

@@ -4,7 +4,7 @@ import mmap
 
 import pytest
 
-from training.storage import StorageError, read_buffer
+from training.data.storage import StorageError, read_buffer
 
 
 def test_a_local_file_is_mapped_read_only(tmp_path):

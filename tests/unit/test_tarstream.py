@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from training.tarstream import TarFormatError, _byte_sum, iter_members, parse_pax
+from training.data.tarstream import TarFormatError, _byte_sum, iter_members, parse_pax
 
 
 def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:

@@ -1,12 +1,12 @@
 import os
 
 from orchestrator.endpoints import apply_local_stack_defaults, is_secret, worker_env
-from orchestrator.tracking import run_params
+from orchestrator.mlflow_record import run_params
 from training.config import TrainConfig
 
 
 def test_params_hold_the_contract_names_and_resolved_defaults():
-    params = run_params(TrainConfig(arch="plain", depth=20, num_workers=2, global_batch_size=128))
+    params = run_params(TrainConfig(arch="plain", depth=20, world_size=2, global_batch_size=128))
     for key in ("arch", "depth", "dataset", "shortcut", "global_batch_size", "num_workers"):
         assert key in params
     assert params["shortcut"] == "A" and params["num_workers"] == "2"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training.transforms import (CifarEval, CifarTrain, PaperScaleAugment, RandomResizedCrop,
+from training.data.transforms import (CifarEval, CifarTrain, PaperScaleAugment, RandomResizedCrop,
                                  ResizeCenterCrop, build_transform, dct_scale, decode_rgb,
                                  normalize, shift)
-from training.transforms import _resized
+from training.data.transforms import _resized
 
 
 def photo(w=500, h=375, fmt="JPEG") -> bytes:
@@ -133,7 +133,7 @@ def test_decode_rgb_matches_pil_and_reads_other_formats():
 def test_decode_rgb_gives_torchvisions_pixels_with_the_extension_and_pils_without(monkeypatch):
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from training import transforms
+    from training.data import transforms
 
     samples = (small_jpeg(16, 1), small_jpeg(32, 2), photo(333, 201))
     if transforms._jpegroi is not None:
@@ -227,8 +227,8 @@ def test_resize_of_hwc_memory_keeps_it_channels_last_and_matches_a_copy():
                                CifarTrain(32), CifarEval(32)], ids=lambda t: type(t).__name__)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_writing_into_a_batch_slot_gives_the_same_pixels(t, seed):
-    # The loader hands each transform the slot of its batch to write into (training/batching.py).
-    from training.batching import empty_batch
+    # The loader hands each transform the slot of its batch to write into (training/data/batching.py).
+    from training.data.batching import empty_batch
 
     data = photo(64, 48) if isinstance(t, (CifarTrain, CifarEval)) else photo()
     random.seed(seed)

@@ -217,7 +217,7 @@ def read_buffer(url: str) -> bytes | mmap.mmap:
         raise StorageError(f"cannot read {url}: {exc.strerror}") from None
 
 
-def exists(url: str) -> int | None:
+def size(url: str) -> int | None:
     """Size in bytes of the object or file at ``url``, or None when there is none."""
     if not is_s3(url):
         p = Path(url)
@@ -229,6 +229,10 @@ def exists(url: str) -> int | None:
         if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise _explain(url, exc) from None
+
+
+def exists(url: str) -> bool:
+    return size(url) is not None
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -245,9 +249,9 @@ def write_bytes(url: str, data: bytes) -> None:
         s3_client().upload_fileobj(io.BytesIO(data), bucket, key)
     except Exception as exc:
         raise _explain(url, exc) from None
-    size = exists(url)
-    if size != len(data):
-        raise StorageError(f"upload of {url} wrote {size} bytes, expected {len(data)}")
+    written = size(url)
+    if written != len(data):
+        raise StorageError(f"upload of {url} wrote {written} bytes, expected {len(data)}")
 
 
 def ensure_bucket(url: str) -> None:

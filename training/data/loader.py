@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from training import storage, tarstream
-from training.batching import BatchBuilder
-from training.transforms import build_transform
+from training.data import storage, tarstream
+from training.data.batching import BatchBuilder
+from training.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def iter_tar_samples(shard, *, copy: bool = True):
         yield current_key, current
 
 
-def detach_sample(sample):
+def copy_out_of_shard(sample):
     """``(key, parts)`` with each memoryview in ``parts`` replaced by a copy of its bytes."""
     key, parts = sample
     if parts is None:
@@ -248,8 +248,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             log.warning("skipping bad sample %s: %s", key, exc)
             return None
 
-    def _shuffled(self, items, seed, detach=None):
-        """``items`` through a seeded shuffle buffer. ``detach(item)``, if given, is applied to
+    def _shuffled(self, items, seed, copy_out=None):
+        """``items`` through a seeded shuffle buffer. ``copy_out(item)``, if given, is applied to
         the items still waiting ``shuffle_buffer`` reads after they came in (see below)."""
         if seed is None:
             yield from items
@@ -263,15 +263,15 @@ class ShardStream(torch.utils.data.IterableDataset):
         # the few samples that wait long in the buffer would keep some 14 ImageNet shards
         # (1.5 GB) alive (a sample stays through k draws from a full buffer of B with odds
         # e^(-k/B); of a 1,000-sample shard, one likely stays ~14,000 draws). Every quarter of `hold` reads, the samples waiting for more than `hold` reads
-        # are copied out (detached), so a shard lives at most 1.25 * hold reads after its last
+        # are copied out of it, so a shard lives at most 1.25 * hold reads after its last
         # sample came in. With a full buffer, about a third of the samples wait that long.
         hold = self.shuffle_buffer
         for read, item in enumerate(items, start=1):
             buf.append((read, item))
-            if detach is not None and read % max(1, hold // 4) == 0:
+            if copy_out is not None and read % max(1, hold // 4) == 0:
                 for i, (since, waiting) in enumerate(buf):
                     if since <= read - hold:
-                        buf[i] = (math.inf, detach(waiting))
+                        buf[i] = (math.inf, copy_out(waiting))
             if len(buf) >= min(self.shuffle_buffer, max(start, read // 2)):
                 j = rng.randrange(len(buf))
                 buf[j], buf[-1] = buf[-1], buf[j]
@@ -292,7 +292,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         seed = None if self.shuffle_seed is None else f"{self.shuffle_seed}/{wid}"
         mine = max(0, -(-(self.skip_batches - wid) // nworkers))  # this part's consumed batches
         first = mine * self.batch_size
-        stream = itertools.islice(self._shuffled(self._samples(ranges), seed, detach_sample),
+        stream = itertools.islice(self._shuffled(self._samples(ranges), seed, copy_out_of_shard),
                                   first, None)  # dropped before decoding
         batch = BatchBuilder(self.batch_size, getattr(self.transform, "shape", None))
         for position, (key, parts) in enumerate(stream, start=first):
@@ -338,14 +338,14 @@ def freeze_long_lived_objects() -> None:
 class ShardLoader:
     """Iterates ``(images, labels)``; ``skipped`` counts bad samples seen so far."""
 
-    def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool):
+    def __init__(self, dataset: ShardStream, loader_workers: int, pin_memory: bool):
         self.dataset = dataset
         total = sum(b - a for _, a, b in dataset.ranges)
         self.num_batches = max(0, -(-total // dataset.batch_size) - dataset.skip_batches)
         self.skipped = 0
         self._loader = torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=False, prefetch_factor=4 if num_workers else None,
+            dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
+            persistent_workers=False, prefetch_factor=4 if loader_workers else None,
         )
 
     def __len__(self):
@@ -361,7 +361,7 @@ class ShardLoader:
 
 def build_loader(data_url: str, split: str, *, batch_size: int, rank: int = 0,
                  world_size: int = 1, epoch: int = 0, seed: int = 0, train: bool | None = None,
-                 image_size: int = 32, augment: str = "cifar", num_workers: int = 0,
+                 image_size: int = 32, augment: str = "cifar", loader_workers: int = 0,
                  skip_batches: int = 0, pin_memory: bool = False, eval_crops: int = 1,
                  manifest: Manifest | None = None) -> ShardLoader:
     """A loader of ``(images, labels)`` batches for one rank; see the module docstring.
@@ -380,4 +380,4 @@ def build_loader(data_url: str, split: str, *, batch_size: int, rank: int = 0,
         transform=build_transform(augment, image_size, train=train, eval_crops=eval_crops),
         shuffle_seed=f"{seed}/{epoch}/{rank}" if train else None, skip_batches=skip_batches,
     )
-    return ShardLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
+    return ShardLoader(dataset, loader_workers=loader_workers, pin_memory=pin_memory)

@@ -1,7 +1,7 @@
 """Batches assembled in place: each image is written straight into its slot of the batch.
 
 The transforms write their output into the slot they are given (``out``, see
-``training/transforms.py``), so the resize's output is the batch itself. Stacking per-image
+``training/data/transforms.py``), so the resize's output is the batch itself. Stacking per-image
 tensors afterwards made every image twice, the second time out of cache: the loader ran ~3%
 faster without (`README.md`, "Benchmarks").
 """

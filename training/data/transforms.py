@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-try:  # training/_jpegroi.c, an optional extension (see pyproject.toml). A top-level module:
+try:  # training/data/_jpegroi.c, an optional extension (see pyproject.toml). A top-level module:
     # a Ray job's working_dir copy of `training/` leaves out built files (they are
     # git-ignored), so the workers find it where the project was installed.
     import depthlab_jpegroi as _jpegroi

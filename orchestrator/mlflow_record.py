@@ -45,6 +45,9 @@ class ChildRun:
 def run_params(cfg: TrainConfig) -> dict:
     """MLflow params of a run: the config, resolved where a default applies; never a secret."""
     params = {k: v for k, v in cfg.to_dict().items() if k not in _SKIP_PARAMS and not is_secret(k)}
+    # The MLflow record's contract names (docs/architecture.md): the model family as
+    # "dataset", the DDP world size as "num_workers".
+    params["dataset"], params["num_workers"] = cfg.family, cfg.world_size
     net = cfg.resolved_net()
     params["shortcut"] = net.shortcut
     params["stride_in_1x1"] = net.stride_in_1x1
