@@ -132,6 +132,13 @@ class SweepTracker:
     def children(self, role: str = "train") -> list:
         return self._search(f"tags.`{TAG_ROLE}` = '{role}'")
 
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
+                                               for k, v in metrics.items()])
+
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import paper
+from orchestrator.ledger import time_to_target
+from training.perf import INPUT_BOUND, INPUT_NEGLIGIBLE, advice, bound_by
 from training.models import ARCHS as FAMILIES
 
 # [P2] Table 2's names of the five units.
@@ -36,6 +38,7 @@ class RunRecord:
     eval_crops: int = 1
     # [P1] Fig. 7: the last measurement of the layer responses, {"layers": [...], "std": [...]}.
     responses: dict | None = None
+    loader_workers: int = 0
 
     @property
     def name(self) -> str:
@@ -81,7 +84,7 @@ def _group_order(records: list[RunRecord]):
                         variants.index(key[2]))
 
 
-def summarize(records: list[RunRecord], data_name: str = "") -> dict:
+def summarize(records: list[RunRecord], data_name: str = "", target_error: float | None = None) -> dict:
     """Per (arch, depth, variant): final errors over the seeds, the paper's figure taken by the
     same protocol, verdicts and the papers' claims tested on paired seeds."""
     groups: dict[tuple[str, int, str], list[RunRecord]] = {}
@@ -113,7 +116,108 @@ def summarize(records: list[RunRecord], data_name: str = "") -> dict:
         })
     comparisons = seed_comparisons(records)
     return {"data": data_name, "rows": rows, "observations": observations(rows),
-            "verdicts": worded_verdicts(comparisons), "comparisons": comparisons}
+            "verdicts": worded_verdicts(comparisons), "comparisons": comparisons,
+            "pace": pace_rows(groups), "ledger": ledger_rows(groups, rows, target_error)}
+
+
+PERF_KEYS = ("perf/data_wait_fraction", "perf/step_time_ms", "perf/compute_images_per_sec",
+             "perf/loader_images_per_sec_per_process")
+COST_KEYS = ("cost/device_hours", "cost/usd")
+
+
+def _net(arch: str, depth: int, variant: str) -> str:
+    return f"{arch}-{depth}" + (f" [{variant}]" if variant else "")
+
+
+def _median_of_windows(runs: list[RunRecord], key: str) -> float | None:
+    """The median over every logging window of the runs, each run's first window (start-up:
+    the first shards arrive) left out."""
+    values = [v for r in runs for _, v in (r.history.get(key) or [])[1:]]
+    return statistics.median(values) if values else None
+
+
+def pace_rows(groups: dict) -> list[dict]:
+    """Per net: the data-wait fraction, the step time, what bounds it and, where the input
+    pipeline does, the advice (training.perf)."""
+    out = []
+    for (arch, depth, variant), runs in groups.items():
+        wait = _median_of_windows(runs, "perf/data_wait_fraction")
+        if wait is None:
+            continue
+        compute = _median_of_windows(runs, "perf/compute_images_per_sec")
+        loader = _median_of_windows(runs, "perf/loader_images_per_sec_per_process")
+        out.append({"net": _net(arch, depth, variant), "data_wait_fraction": wait,
+                    "step_time_ms": _median_of_windows(runs, "perf/step_time_ms"),
+                    "compute_images_per_sec": compute, "loader_images_per_sec": loader,
+                    "bound_by": bound_by(wait),
+                    "advice": advice(wait, compute, loader, runs[0].loader_workers)})
+    return out
+
+
+def ledger_rows(groups: dict, rows: list[dict], target_error: float | None) -> list[dict]:
+    """Per net: device-hours and cost over its runs, and the device-hours to reach the target
+    validation error (the config's, else the paper's figure for the net)."""
+    figures = {(r["arch"], r["depth"], r["variant"]): r.get("paper_val_error_top1") for r in rows}
+    out = []
+    for key, runs in groups.items():
+        hours = [sum(v for _, v in r.history.get("cost/device_hours") or []) for r in runs]
+        if not any(hours):
+            continue
+        usd = [sum(v for _, v in r.history.get("cost/usd") or []) for r in runs]
+        target = target_error if target_error is not None else figures.get(key)
+        reached = []
+        if target is not None:
+            for r, h in zip(runs, hours):
+                steps = max((s for s, _ in r.history.get("train/error_top1") or []), default=0)
+                t = time_to_target(r.history.get("val/error_top1") or [], target, steps, h)
+                if t is not None:
+                    reached.append(t)
+        out.append({"net": _net(*key), "runs": len(runs), "device_hours": sum(hours),
+                    "usd": sum(usd) if any(r.history.get("cost/usd") for r in runs) else None,
+                    "target_error": target, "runs_reaching_target": len(reached),
+                    "device_hours_to_target": statistics.fmean(reached) if reached else None})
+    return out
+
+
+def render_pace(pace: list[dict]) -> list[str]:
+    if not pace:
+        return []
+    lines = ["", "## What bounds each run", "",
+             f"Median over the logging windows of the share of time the training step waited "
+             f"for its data (rank 0): input-bound from {INPUT_BOUND:.0%}, compute-bound up to "
+             f"{INPUT_NEGLIGIBLE:.0%}, mixed between.", "",
+             "| net | data wait | step (ms) | step images/s | loader images/s per process | bound by |",
+             "|---|---|---|---|---|---|"]
+    for p in pace:
+        lines.append(f"| {p['net']} | {p['data_wait_fraction']:.0%} | {_fmt(p['step_time_ms'])} | "
+                     f"{_fmt0(p['compute_images_per_sec'])} | {_fmt0(p['loader_images_per_sec'])} | "
+                     f"{p['bound_by']} |")
+    advised = [p for p in pace if p["advice"]]
+    if advised:
+        lines += [""] + [f"- {p['net']}: {p['advice']}" for p in advised]
+    return lines
+
+
+def render_ledger(ledger: list[dict]) -> list[str]:
+    if not ledger:
+        return []
+    lines = ["", "## Cost", "",
+             "Device-hours: each run's wall time on the cluster times the devices it held (GPUs, "
+             "or workers without GPUs), over all its submissions; time to target: until its "
+             "validation error first reached the target, the mean over the runs that did.", "",
+             "| net | runs | device-hours | cost (USD) | target error | device-hours to target |",
+             "|---|---|---|---|---|---|"]
+    for e in ledger:
+        usd = "-" if e["usd"] is None else f"{e['usd']:,.2f}"
+        target = "-" if e["target_error"] is None else f"{e['target_error']:.2f}"
+        to = ("not reached" if e["target_error"] is not None and not e["runs_reaching_target"]
+              else _fmt(e["device_hours_to_target"]))
+        lines.append(f"| {e['net']} | {e['runs']} | {e['device_hours']:.3f} | {usd} | {target} | {to} |")
+    return lines
+
+
+def _fmt0(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
 
 
 def _row(rows, arch, depth):
@@ -495,6 +599,8 @@ def render_markdown(summary: dict, title: str = "Depth comparison") -> str:
         lines += render_tuning(errors, t["chosen"], t["split"])
     lines += render_unit_table(summary)
     lines += render_variant_table(summary)
+    lines += render_pace(summary.get("pace", []))
+    lines += render_ledger(summary.get("ledger", []))
     lines += ["", "## Verdicts", "",
               "The papers' claims, decided on the 95% interval of the difference paired by seed "
               "(the table below); a claim needs two seeds or more.", ""]
@@ -664,12 +770,13 @@ def plot_responses(records: list[RunRecord], path: Path) -> Path | None:
 
 
 def write_report(records: list[RunRecord], folder: Path, data_name: str = "",
-                 title: str = "Depth comparison", tuning: dict | None = None) -> tuple[dict, list[Path]]:
+                 title: str = "Depth comparison", tuning: dict | None = None,
+                 target_error: float | None = None) -> tuple[dict, list[Path]]:
     """``comparison.md``, ``training_curves.png`` and ``summary.json`` in ``folder``, and
     ``layer_responses.png`` when the runs measured their layer responses. ``tuning``: the tune
     stage's record (``{"split", "errors", "chosen"}``), shown as a table."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summarize(records, data_name)
+    summary = summarize(records, data_name, target_error)
     if tuning:
         summary["tuning"] = {"split": tuning["split"], "chosen": tuning["chosen"],
                              "errors": {net: {str(lr): v for lr, v in by_lr.items()}
@@ -687,7 +794,8 @@ def write_report(records: list[RunRecord], folder: Path, data_name: str = "",
 
 
 def publish(tracker, parent_id: str, data_name: str, title: str, *, out: Path | None = None,
-            log: bool = True, tune_split: str = "") -> tuple[dict, list[Path]]:
+            log: bool = True, tune_split: str = "",
+            target_error: float | None = None) -> tuple[dict, list[Path]]:
     """Build the report of the tracker's sweep from MLflow and log it on the parent run."""
     import tempfile
 
@@ -704,7 +812,8 @@ def publish(tracker, parent_id: str, data_name: str, title: str, *, out: Path | 
         except ValueError:
             tuning = {"split": tune_split or "?", "errors": errors, "chosen": {}}
     with tempfile.TemporaryDirectory(prefix="depthlab-report-") as tmp:
-        summary, files = write_report(records, out or Path(tmp), data_name, title, tuning=tuning)
+        summary, files = write_report(records, out or Path(tmp), data_name, title, tuning=tuning,
+                                      target_error=target_error)
         if log:
             tracker.log_files(parent_id, files, "report")
     return summary, files
@@ -721,7 +830,9 @@ def records_from_mlflow(tracker) -> list[RunRecord]:
             seed=int(params.get("seed", 0)), status=run.info.status, run_id=run.info.run_id,
             params=int(params["model_params"]) if params.get("model_params") else None,
             history={k: tracker.history(run.info.run_id, k)
-                     for k in ("train/error_top1", "val/error_top1", "val/error_top5")},
+                     for k in ("train/error_top1", "val/error_top1", "val/error_top5",
+                               *PERF_KEYS, *COST_KEYS)},
+            loader_workers=int(params.get("loader_workers") or 0),
             variant=params.get("variant", ""),
             net_variant="" if params.get("shortcut_variant_resolved", "identity") == "identity"
             else params["shortcut_variant_resolved"],

@@ -28,7 +28,7 @@ import yaml
 from training.config import TrainConfig, check_types, renamed_keys
 from training.recipes import recipe_values
 
-TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster", "tune")
+TOP_KEYS = ("experiment", "data_name", "grid", "train", "cluster", "tune", "report")
 TUNE_KEYS = ("lr", "split", "seeds", "train")
 GRID_KEYS = ("arch", "depth", "seed", "exclude", "variant")
 # The model options a grid variant may set (training.config.TrainConfig fields).
@@ -79,6 +79,9 @@ class ClusterSpec:
     # Custom Ray resources each worker also takes: an accelerator type to pin a node kind
     # ({"accelerator_type:H100": 0.001}) or the local autoscaling demo's {"gpu_slot": 1}.
     resources_per_worker: dict = field(default_factory=dict)
+    # What a node-hour costs, for the sweep's ledger (orchestrator.ledger): {node_type,
+    # devices_per_node, on_demand_per_hour, spot_per_hour, market: on_demand | spot}.
+    cost: dict = field(default_factory=dict)
 
     def __post_init__(self):
         try:
@@ -104,6 +107,18 @@ class ClusterSpec:
         if {"CPU", "GPU"} & set(extra):
             raise SpecError("cluster.resources_per_worker: set CPUs and GPUs with "
                             "cluster.cpus_per_worker and cluster.gpus_per_worker")
+        if self.cost:
+            from orchestrator.ledger import check_cost
+
+            try:
+                check_cost(self.cost)
+            except ValueError as exc:
+                raise SpecError(f"cluster.cost: {exc}") from None
+
+    @property
+    def devices_per_run(self) -> float:
+        """What a run occupies in the ledger's unit: its GPUs, or its workers without GPUs."""
+        return self.workers_per_run * (self.gpus_per_worker if self.use_gpu else 1)
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,17 @@ class TuneSpec:
     split: str = "holdout"
     seeds: tuple[int, ...] = (1000,)
     train: dict = field(default_factory=dict)
+
+
+def _target(raw) -> float | None:
+    if raw is None:
+        return None
+    _check_keys(raw, ("target_error",), "report")
+    value = raw.get("target_error")
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not 0 < value < 100):
+        raise SpecError(f"report.target_error must be an error in percent, got {value!r}")
+    return None if value is None else float(value)
 
 
 def _tune(raw) -> TuneSpec | None:
@@ -155,6 +181,9 @@ class SweepSpec:
     # The grid's variants: each a tuple of (model option, value) pairs; () is "as train says".
     variants: tuple[tuple[tuple[str, object], ...], ...] = ((),)
     tune: TuneSpec | None = None
+    # The validation error whose time-to-reach the report's cost table gives (None: the
+    # paper's figure for each net, where the report has one).
+    target_error: float | None = None
 
     def tune_runs(self) -> list[TrainConfig]:
         """The tune stage's runs: every net of the grid at each candidate rate and tuning seed,
@@ -209,6 +238,8 @@ class SweepSpec:
             **({"tune": {"lr": list(self.tune.lr), "split": self.tune.split,
                          "seeds": list(self.tune.seeds), "train": dict(self.tune.train)}}
                if self.tune else {}),
+            **({"report": {"target_error": self.target_error}}
+               if self.target_error is not None else {}),
         }
 
 
@@ -275,6 +306,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         exclude=tuple(str(x) for x in _as_list(grid["exclude"], "exclude")) if grid.get("exclude") else (),
         variants=_variants(grid.get("variant")),
         tune=_tune(raw.get("tune")),
+        target_error=_target(raw.get("report")),
     )
     names = [variant_name(dict(v)) for v in spec.variants]
     keys = {f"{a}-{d}" for a in spec.archs for d in spec.depths} | {

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from orchestrator import capacity
 from orchestrator.report import publish, render_markdown
+from orchestrator.ledger import price_per_device_hour, run_charge
 from orchestrator.mlflow_record import TAG_RUN_KEY
 from orchestrator.spec import SpecError, SweepSpec, net_key
 from orchestrator.tuning import choose_lr, render_tuning, tuning_errors
@@ -92,8 +93,12 @@ def print_plan(spec: SweepSpec, sweep_id: str, rows: list[dict],
               f"{r['image_size']:>5}{length:>12}"
               + (f"{hours:>10.2f}" if hours is not None else f"{'?':>10}"))
     if samples:
-        print(f"  estimated {total:.1f} device-hours in all ({samples:,} training images, "
-              f"{tflops:.0f} TFLOP/s effective per device: an A100-class GPU in bf16)")
+        price = price_per_device_hour(spec.cluster.cost)
+        market = spec.cluster.cost.get("market", "on_demand")
+        cost = f", about ${total * price:,.0f} at {market} prices" if price is not None else ""
+        print(f"  estimated {total:.1f} device-hours in all{cost} ({samples:,} training images, "
+              f"{tflops:.0f} TFLOP/s effective per device: an A100-class GPU in bf16; tune "
+              "runs not included)")
 
 
 def placeholder_problems(spec: SweepSpec) -> list[str]:
@@ -198,6 +203,16 @@ class SweepStatus:
                   f"{len(self.running)} running, {queued} queued | {event}", flush=True)
 
 
+def charge(tracker, cfg, spec: SweepSpec, seconds: float) -> None:
+    """The ledger's entry for one submission's stretch of a run (orchestrator.ledger); a
+    tracking server that refuses it costs the sweep nothing."""
+    try:
+        tracker.log_metrics(cfg.mlflow_run_id, run_charge(seconds, spec.cluster.devices_per_run,
+                                                          spec.cluster.cost), int(time.time()))
+    except Exception as exc:
+        print(f"  note: could not record {cfg.run_name}'s device-hours: {exc}", flush=True)
+
+
 def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: SweepStatus,
                 fail_fast: bool) -> list[str]:
     """Launch the runs, at most ``max_concurrent_runs`` at once; return the failures."""
@@ -209,10 +224,13 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: SweepSt
             pending = {}
             queue = list(todo)
 
+            started: dict[str, float] = {}
+
             def launch():
                 cfg = queue.pop(0)
                 progress.running[cfg.run_name] = cfg.mlflow_run_id
                 progress.line(f"{cfg.run_name} started")
+                started[cfg.run_name] = time.monotonic()
                 pending[pool.submit(launcher.run_training, cfg, spec.cluster, sweep_id)] = cfg
 
             while queue and len(pending) < spec.cluster.max_concurrent_runs:
@@ -223,6 +241,7 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: SweepSt
                     cfg = pending.pop(fut)
                     outcome = fut.result()
                     progress.running.pop(cfg.run_name, None)
+                    charge(tracker, cfg, spec, time.monotonic() - started[cfg.run_name])
                     if outcome.ok:
                         progress.done += 1
                         tracker.set_status(cfg.mlflow_run_id, "FINISHED")
@@ -371,7 +390,8 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
         progress.stop()
     title = f"{spec.experiment}: sweep {sweep_id}"
     summary, _ = publish(tracker, parent_id, spec.data_name, title,
-                         tune_split=spec.tune.split if spec.tune else "")
+                         tune_split=spec.tune.split if spec.tune else "",
+                         target_error=spec.target_error)
     print()
     print(render_markdown(summary, title))
     print(f"report: {tracker.ui_url(parent_id)} (artifacts: report/)")

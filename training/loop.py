@@ -29,6 +29,7 @@ from training.context import WorkerContext
 from training.data import build_loader, read_manifest
 from training.metrics import Accumulator
 from training.models import build_model
+from training.perf import window_metrics
 from training.responses import LayerResponses, summary_metrics
 from training.schedule import milestone_steps, plateau_drops, scaled_lr, step_lr
 from training.data.transforms import normalize
@@ -231,7 +232,16 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
         net.train()
         acc.reset()
         t_last = time.perf_counter()
-        for images, labels in loader:
+        waited, window_steps, window_made = 0.0, 0, (loader.produced, loader.producing_s)
+        batches = iter(loader)
+        while True:
+            t_ask = time.perf_counter()
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - t_ask
+            window_steps += 1
             lr = schedule.lr(position.step, position.val_history)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -244,9 +254,16 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
                 now = time.perf_counter()
                 final.update({"train/loss": res["loss"], "train/error_top1": res["error_top1"],
                               "lr": lr, "throughput/images_per_sec": res["count"] / max(now - t_last, 1e-9)})
-                ctx.tracker.log_metrics({k: final[k] for k in TRAIN_KEYS}, position.step)
+                # Rank 0's own timings: the pace of its worker (training.perf).
+                perf = window_metrics(window_s=now - t_last, wait_s=waited, steps=window_steps,
+                                      batch_images=cfg.per_worker_batch_size,
+                                      produced=loader.produced - window_made[0],
+                                      producing_s=loader.producing_s - window_made[1])
+                final.update(perf)
+                ctx.tracker.log_metrics({k: final[k] for k in TRAIN_KEYS} | perf, position.step)
                 acc.reset()
                 t_last = now
+                waited, window_steps, window_made = 0.0, 0, (loader.produced, loader.producing_s)
             if end_of_epoch:
                 break
             if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0:

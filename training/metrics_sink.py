@@ -1,7 +1,7 @@
 """Rank 0's metrics sink: MLflow, batched and off the training thread.
 
-One ``log_metric`` call costs about 100 ms against a tracking server on a small machine, which
-would be most of a CPU step. Points are queued and a background thread sends them with
+One ``log_metric`` call is a round trip to the tracking server, which on a small machine costs
+as much as a CPU training step. Points are queued and a background thread sends them with
 ``log_batch`` (up to 1000 metrics a call). If the server is unreachable the points stay queued
 and are retried; ``close`` waits a bounded time and reports what could not be delivered.
 

@@ -27,6 +27,7 @@ import os
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -283,7 +284,6 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         physical, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        storage.register_webdataset_s3()
         # DataLoader takes batches from its workers in turn, starting with worker 0, so global
         # batch j comes from worker j % nworkers. After a resume at batch k the turn must start
         # at k % nworkers: worker p plays the part of worker (p + k) % nworkers.
@@ -295,6 +295,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         stream = itertools.islice(self._shuffled(self._samples(ranges), seed, copy_out_of_shard),
                                   first, None)  # dropped before decoding
         batch = BatchBuilder(self.batch_size, getattr(self.transform, "shape", None))
+        # The time this process spends making each batch (reading, decoding, augmenting), not
+        # the time its consumer holds it: the clock restarts when the generator resumes.
+        started = time.perf_counter()
         for position, (key, parts) in enumerate(stream, start=first):
             if seed is not None:
                 # Augmentation draws from the `random` module, seeded per sample: the same
@@ -309,9 +312,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             else:
                 batch.add(*sample)
             if batch.slots == self.batch_size:
-                yield batch.take()
+                yield (*batch.take(), time.perf_counter() - started)
+                started = time.perf_counter()
         if batch.slots:
-            yield batch.take()
+            yield (*batch.take(), time.perf_counter() - started)
 
 
 _frozen_in: int | None = None
@@ -320,10 +324,9 @@ _frozen_in: int | None = None
 def freeze_long_lived_objects() -> None:
     """Take the objects alive now out of the cyclic garbage collector's reach, once a process.
 
-    A process that has imported torch tracks some 340,000 objects (modules, functions, the
-    model), and every full collection walks them all: 0.26-0.36 s of one core here, a stall of ~150
-    decoded images or a training step, a few times an epoch, triggered by whatever allocates
-    next. Those objects live as long as the process, so walking them finds nothing. Collected
+    A process that has imported torch tracks hundreds of thousands of objects (modules,
+    functions, the model), and every full collection walks them all: a stall of a training step
+    or more, a few times an epoch, triggered by whatever allocates next. Those objects live as long as the process, so walking them finds nothing. Collected
     once, then frozen (``gc.freeze``), they are skipped; later objects are collected as usual.
     Done before the loader forks its workers, it also keeps the inherited objects' pages shared:
     the collector no longer writes to them (the ``gc.freeze`` documentation).
@@ -336,13 +339,17 @@ def freeze_long_lived_objects() -> None:
 
 
 class ShardLoader:
-    """Iterates ``(images, labels)``; ``skipped`` counts bad samples seen so far."""
+    """Iterates ``(images, labels)``; ``skipped`` counts bad samples seen so far, and
+    ``produced`` / ``producing_s`` the images made and the time loader processes spent making
+    them (so ``produced / producing_s`` is one loader process's rate while it works)."""
 
     def __init__(self, dataset: ShardStream, loader_workers: int, pin_memory: bool):
         self.dataset = dataset
         total = sum(b - a for _, a, b in dataset.ranges)
         self.num_batches = max(0, -(-total // dataset.batch_size) - dataset.skip_batches)
         self.skipped = 0
+        self.produced, self.producing_s = 0, 0.0
+        self.processes = max(1, loader_workers)
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=loader_workers, pin_memory=pin_memory,
             persistent_workers=False, prefetch_factor=4 if loader_workers else None,
@@ -353,8 +360,10 @@ class ShardLoader:
 
     def __iter__(self):
         freeze_long_lived_objects()  # before the DataLoader forks its workers
-        for images, labels, skipped in self._loader:
+        for images, labels, skipped, seconds in self._loader:
             self.skipped += skipped
+            self.produced += len(labels)
+            self.producing_s += seconds
             if len(labels):
                 yield images, labels
 

@@ -197,8 +197,7 @@ def read_buffer(url: str) -> bytes | mmap.mmap:
 
     An S3 object is downloaded into bytes. A local file is mapped instead: no copy into fresh
     memory for the kernel to zero first, and the pages stay the page cache's, shared and
-    reclaimable. With samples as views into the shard (``training.data``), the loader made 6%
-    more images a second than reading and copying (paired rounds; README, Benchmarks). ``MAP_POPULATE`` reads the file in now, in the calling thread (the loader's
+    reclaimable. ``MAP_POPULATE`` reads the file in now, in the calling thread (the loader's
     prefetch thread), not page by page when the decoder first touches it.
 
     A mapped file must not shrink while it is mapped: reading past its new end kills the process

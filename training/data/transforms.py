@@ -9,14 +9,13 @@ Each transform decodes the bytes itself, the way that suits its images:
   the same (the extension's are checked bit for bit against PIL's in the tests);
 - the CIFAR recipe decodes the whole image with the extension straight into a tensor (PIL
   without it) and shifts and flips the tensor: on 16-32 pixel images the per-image overhead,
-  not the pixels, sets the rate (16x16 JPEGs a second on one core, the extension against
-  torchvision's and PIL's decoders: `bench/results/small_images.md`).
+  not the pixels, sets the rate (`bench/small_images.py`).
 Normalisation (mean subtraction) happens on the device, in the loop.
 
 Every transform has a fixed output ``shape`` and takes an optional ``out``: a tensor of that
 shape (a slot of the loader's batch) that the image is written into, and returned. The resize
 writes its result straight into the slot: no image is made only to be copied into the batch
-afterwards (README, "Benchmarks": ~3% of the loader's time).
+afterwards.
 
 Recipes (``augment`` in the config):
 - ``cifar`` [P1 4.2]: pad (4 at 32 pixels, scaled with the image), random crop, flip.
