@@ -1,6 +1,6 @@
 """Training-step throughput: depthlab's step beside a torchvision-reference-style step.
 
-    .venv/bin/python bench/train_step.py [--device cpu|cuda] [--model cifar:20 ...]
+    .venv/bin/python bench/train_step.py [--device cpu|cuda] [--model cifar:20 imagenet:18@64 ...]
                                          [--batch 128] [--precision fp32|bf16] [--steps 30]
 
 Synthetic data already on the device, single process, the same model, batch and precision for
@@ -11,6 +11,10 @@ both loops; rounds alternate between the two so drift in the machine hits both a
   batch already normalised, NCHW contiguous, ``loss.item()`` and a top-1/top-5 accuracy on the
   host every step (its MetricLogger), autocast when asked.
 On a GPU it also reports the achieved fraction of the card's measured bf16 matmul rate.
+depthlab's step runs twice, with channels_last and with contiguous memory: which layout is
+faster on a device is what ``training.config.CHANNELS_LAST_BY_DEVICE`` records (a model is
+``family:depth`` or ``family:depth@pixels``: ``imagenet:18@64`` is an ImageNet-family net at
+64 pixels, the size a CPU can train).
 """
 
 from __future__ import annotations
@@ -74,20 +78,26 @@ def matmul_rate(device, dtype) -> float:
 
 
 def bench(spec: str, args, device) -> dict:
-    family, depth = spec.split(":")
+    family, rest = spec.split(":")
+    depth, _, pixels = rest.partition("@")
     dataset = "cifar" if family == "cifar" else "imagenet"
-    size = 32 if dataset == "cifar" else 224
-    cfg = TrainConfig(arch="residual", depth=int(depth), family=dataset, image_size=size,
-                      precision=args.precision, global_batch_size=args.batch,
-                      augment="cifar" if dataset == "cifar" else "imagenet",
-                      channels_last=True, data_url="unused")
+    size = int(pixels) if pixels else (32 if dataset == "cifar" else 224)
+    cfgs = {layout: TrainConfig(arch="residual", depth=int(depth), family=dataset, image_size=size,
+                                precision=args.precision, global_batch_size=args.batch,
+                                augment="cifar" if dataset == "cifar" else "imagenet",
+                                channels_last=layout == "channels_last", data_url="unused")
+            for layout in ("channels_last", "contiguous")}
     torch.manual_seed(0)
-    ours = build_model("residual", int(depth), dataset=dataset).to(device).to(memory_format=torch.channels_last)
+    ours = {"channels_last": build_model("residual", int(depth), dataset=dataset).to(device)
+            .to(memory_format=torch.channels_last)}
+    ours["contiguous"] = build_model("residual", int(depth), dataset=dataset).to(device)
     ref = build_model("residual", int(depth), dataset=dataset).to(device)
-    ref.load_state_dict(ours.state_dict())
-    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    ours["contiguous"].load_state_dict(ours["channels_last"].state_dict())
+    ref.load_state_dict(ours["channels_last"].state_dict())
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            for k, m in ours.items()}
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    classes = ours.fc.out_features
+    classes = ref.fc.out_features
     images = torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, classes, (args.batch,), device=device)
     x_ref = normalize(images).contiguous()
@@ -95,26 +105,33 @@ def bench(spec: str, args, device) -> dict:
     acc = Accumulator(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
-    def run_ours(n):
-        for _ in range(n):
-            train_step(ours, opt_ours, images, labels, cfg, ctx, acc)
-        acc.result(distributed=False)  # what a log point costs, once per round
+    def ours_with(layout):
+        def run(n):
+            for _ in range(n):
+                train_step(ours[layout], opts[layout], images, labels, cfgs[layout], ctx, acc)
+            acc.result(distributed=False)  # what a log point costs, once per round
+        return run
 
     def run_ref(n):
         for _ in range(n):
             reference_step(ref, opt_ref, x_ref, labels, autocast)
 
-    for fn in (run_ours, run_ref):  # warm-up
+    paths = {"channels_last": ours_with("channels_last"), "contiguous": ours_with("contiguous"),
+             "reference": run_ref}
+    for fn in paths.values():  # warm-up
         fn(3)
-    rates = {"depthlab": [], "reference": []}
+    rates = {k: [] for k in paths}
     for _ in range(args.rounds):
-        for name, fn in (("depthlab", run_ours), ("reference", run_ref)):
+        for name, fn in paths.items():
             sync(device)
             t = time.perf_counter()
             fn(args.steps)
             sync(device)
             rates[name].append(args.steps * args.batch / (time.perf_counter() - t))
     out = {k: statistics.median(v) for k, v in rates.items()}
+    out["depthlab"] = max(out["channels_last"], out["contiguous"])
+    out["faster_layout"] = "channels_last" if out["channels_last"] >= out["contiguous"] else "contiguous"
+    out["layout_ratio"] = out["channels_last"] / out["contiguous"]
     out["ratio"] = out["depthlab"] / out["reference"]
     macs = model_summary(build_model("residual", int(depth), dataset=dataset), size)["macs"]
     # A training step costs about 3x the forward multiply-adds, 2 FLOPs each.
@@ -136,7 +153,7 @@ def main() -> int:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    models = args.model or ["cifar:20", "cifar:56"]
+    models = args.model or ["cifar:20", "cifar:56", "imagenet:18@64"]
     results = {m: bench(m, args, device) for m in models}
     peak = matmul_rate(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     for r in results.values():
@@ -153,10 +170,12 @@ def main() -> int:
              f"`.venv/bin/python bench/train_step.py {' '.join(sys.argv[1:])}`, torch {torch.__version__}, "
              f"{record['threads']} threads, {record['date']}; median of {args.rounds} alternating rounds "
              f"of {args.steps} steps. Measured {args.precision} matmul rate: {peak / 1e12:.2f} TFLOP/s.", "",
-             "| model | depthlab img/s | reference img/s | ratio | fraction of matmul rate |", "|---|---|---|---|---|"]
+             "| model | depthlab, channels_last | depthlab, contiguous | faster | reference img/s | depthlab / reference | fraction of matmul rate |",
+             "|---|---|---|---|---|---|---|"]
     for m, r in results.items():
-        lines.append(f"| {m} | {r['depthlab']:.0f} | {r['reference']:.0f} | {r['ratio']:.2f} | "
-                     f"{r['fraction_of_matmul_rate']:.0%} |")
+        lines.append(f"| {m} | {r['channels_last']:.0f} | {r['contiguous']:.0f} | "
+                     f"{r['faster_layout']} ({r['layout_ratio']:.2f}) | {r['reference']:.0f} | "
+                     f"{r['ratio']:.2f} | {r['fraction_of_matmul_rate']:.0%} |")
     (args.out / f"train_step-{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

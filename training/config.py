@@ -61,7 +61,7 @@ class TrainConfig:
     # Execution.
     use_gpu: bool = False
     precision: str = "fp32"
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: the faster layout for the device (below)
     compile: bool = False  # torch.compile the model
     ddp_bucket_cap_mb: int = 25
     log_every_steps: int = 10
@@ -129,6 +129,19 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# The memory layout each device trains faster in, as bench/train_step.py measures it
+# (depthlab's step with each layout, same model and batch): CUDA convolutions want
+# channels_last; on a CPU, see docs/benchmarks.md.
+CHANNELS_LAST_BY_DEVICE = {"cuda": True, "cpu": True}
+
+
+def uses_channels_last(cfg: "TrainConfig", device_type: str) -> bool:
+    """The config's layout, or the device's faster one when the config leaves it open."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return CHANNELS_LAST_BY_DEVICE.get(device_type, False)
 
 
 # Settings that do not change what a run computes: how often it logs and checkpoints, what it

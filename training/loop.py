@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from training.config import TrainConfig, config_changes
+from training.config import TrainConfig, config_changes, uses_channels_last
 from training.context import WorkerContext
 from training.data import build_loader, read_manifest
 from training.metrics import Accumulator
@@ -133,7 +133,7 @@ def _autocast(cfg: TrainConfig, ctx: WorkerContext):
 
 
 def _to_device(images, labels, cfg, ctx):
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if uses_channels_last(cfg, ctx.device.type) else torch.contiguous_format
     x = normalize(images.to(ctx.device, non_blocking=True)).contiguous(memory_format=fmt)
     return x, labels.to(ctx.device, non_blocking=True)
 
@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg.arch, cfg.depth, dataset=cfg.family, num_classes=num_classes,
                         **cfg.model_options()).to(ctx.device)
-    if cfg.channels_last:
+    if uses_channels_last(cfg, ctx.device.type):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg.weight_decay, cfg.no_bn_weight_decay),
                                 lr=cfg.lr, momentum=cfg.momentum)
