@@ -38,7 +38,7 @@ test: setup
 	$(PY) -m pytest tests
 
 test-unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit -m "not services and not slow"
 
 clean-state: down
 	rm -rf .depthlab

@@ -24,12 +24,17 @@ def new_sweep_id() -> str:
 
 
 def plan_rows(spec: SweepSpec) -> list[dict]:
-    """One row per run: what it trains and its size (parameters, multiply-adds per image)."""
-    rows = []
+    """One row per run: what it trains and its size (parameters, multiply-adds per image).
+    A net is built once however many seeds run it."""
+    rows, sizes = [], {}
     for cfg in spec.runs():
-        model = build_model(cfg.arch, cfg.depth, dataset=cfg.family,
-                            num_classes=cfg.num_classes, **cfg.model_options())
-        size = model_summary(model, cfg.image_size)
+        key = (cfg.arch, cfg.depth, cfg.family, cfg.num_classes, cfg.image_size,
+               tuple(sorted(cfg.model_options().items())))
+        if key not in sizes:
+            model = build_model(cfg.arch, cfg.depth, dataset=cfg.family,
+                                num_classes=cfg.num_classes, **cfg.model_options())
+            sizes[key] = model_summary(model, cfg.image_size)
+        size = sizes[key]
         rows.append({"run": cfg.run_name, "arch": cfg.arch, "depth": cfg.depth, "seed": cfg.seed,
                      "shortcut": cfg.resolved_shortcut(), "params": size["params"],
                      "macs": size["macs"], "image_size": cfg.image_size,

@@ -65,3 +65,13 @@ def s3_shards(s3_server, demo_images) -> str:
     for split in ("train", "val"):
         build_split(demo_images, "s3://test-data/demo", split, shard_size=30, workers=2)
     return "s3://test-data/demo"
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start a service (the S3 server fixture, or a module marked so) are marked
+    ``services``; integration tests ``slow``: ``make test-unit`` leaves both out."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()) or "s3_shards" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
+        if "tests/integration/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.slow)

@@ -52,3 +52,26 @@ def running_stack(state: Path, *options: str):
         leftover = mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
         leftover += [p for p in info["pids"].values() if mod.pid_alive(p)]
         assert not leftover, f"processes left running after down: {leftover}"
+
+
+def wait_for_checkpoint(info: dict, train_run: str, proc=None, timeout: float = 300) -> str:
+    """The key of the first checkpoint Ray Train wrote for ``train_run`` (``<sweep>-<run>``) in
+    the stack's bucket, polled for: a fault injected after it lands on a run that can resume."""
+    import time
+
+    import boto3
+
+    env = info["env"]
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    prefix = f"ray-results/{train_run}/checkpoint_"
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [o["Key"] for o in s3.list_objects_v2(Bucket="depthlab", Prefix=prefix).get("Contents", [])
+                 if o["Key"].endswith("/checkpoint.pt")]
+        if found:
+            return found[0]
+        assert proc is None or proc.poll() is None, f"{train_run} ended before its first checkpoint"
+        assert time.monotonic() < deadline, f"no checkpoint of {train_run} within {timeout:.0f} s"
+        time.sleep(0.5)

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from localstack import REPO, clean_env, run, running_stack, stack_module
+from localstack import REPO, clean_env, run, running_stack, stack_module, wait_for_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SWEEP = [sys.executable, "pipelines/compare_depths.py", "--config", "configs/autoscale_demo.yaml",
@@ -174,8 +174,8 @@ def test_a_lost_node_is_replaced_and_its_run_resumes(stack, sweep):
     _, info, stack_mod = stack
     with sweep_in_background(stack, "it-node", "--set", "grid.arch=[residual]",
                              "--set", f"train.epochs={FAULT_EPOCHS}") as (proc, client, child):
-        wait_for_run(proc, child, lambda r: r.data.metrics.get("epoch", 0) >= 1, "an epoch ended")
-        time.sleep(3)  # the epoch's checkpoint follows its metrics
+        run_ = wait_for_run(proc, child, lambda r: r.data.metrics.get("epoch", 0) >= 1, "an epoch ended")
+        wait_for_checkpoint(info, f"it-node-{run_.data.params['run_name']}", proc)
         (worker,) = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
                      if "RayTrainWorker" in stack_mod._cmdline(p)]
         raylet = _parent(worker)

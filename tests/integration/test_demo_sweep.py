@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-from localstack import REPO, STACK, clean_env, run, running_stack, stack_module
+from localstack import (REPO, STACK, clean_env, run, running_stack, stack_module,
+                        wait_for_checkpoint)
 
 EXPERIMENT = "it-demo"
 REDUCED = ["--set", f"experiment={EXPERIMENT}", "--set", "grid.depth=[8]", "--set", "train.epochs=2"]
@@ -54,8 +55,8 @@ def runs_of(client, sweep_id, role):
         f"tags.`depthlab.sweep_id` = '{sweep_id}' and tags.`depthlab.role` = '{role}'"))
 
 
-def wait_for_first_epoch(client, sweep_id: str, proc, timeout: float = 420) -> None:
-    """Until the sweep's one training run has ended an epoch and checkpointed it."""
+def wait_for_first_epoch(client, sweep_id: str, proc, info: dict, timeout: float = 420) -> None:
+    """Until the sweep's one training run has ended an epoch and its checkpoint is stored."""
     deadline = time.monotonic() + timeout
     while True:
         runs = runs_of(client, sweep_id, "train")
@@ -64,7 +65,7 @@ def wait_for_first_epoch(client, sweep_id: str, proc, timeout: float = 420) -> N
         assert proc.poll() is None, "the sweep ended before its first epoch did"
         assert time.monotonic() < deadline, "no epoch finished in time"
         time.sleep(1)
-    time.sleep(3)  # the epoch's checkpoint follows its metrics
+    wait_for_checkpoint(info, f"{sweep_id}-{runs[0].data.params['run_name']}", proc)
 
 
 def test_status_names_every_service(stack):
@@ -230,7 +231,7 @@ def test_a_killed_driver_resumes_its_unfinished_run(sweep, stack, mlflow_client)
     proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for_first_epoch(mlflow_client, "it-kill", proc)
+        wait_for_first_epoch(mlflow_client, "it-kill", proc, stack[1])
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -265,7 +266,7 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint(sweep, stack, mlf
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     stack_mod = stack_module()
     try:
-        wait_for_first_epoch(mlflow_client, "it-worker", proc)
+        wait_for_first_epoch(mlflow_client, "it-worker", proc, info)
         workers = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
                    if "RayTrainWorker" in stack_mod._cmdline(p)]
         assert len(workers) == 2, workers
