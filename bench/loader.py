@@ -28,11 +28,9 @@ import argparse
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,22 +114,13 @@ def shards(url: str, augment: str = "imagenet", train: bool = True,
 
 
 def start_s3():
-    import socket
+    """moto's S3 server on a free port (the shared helper), the AWS variables pointed at it."""
+    from infra.local.services import free_port, start_moto
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    port = free_port()
+    proc = start_moto(port, Path(tempfile.gettempdir()) / f"bench-loader-moto-{port}.log")
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     return proc
 
 
@@ -234,8 +223,9 @@ def main() -> int:
             regions = region_costs(files, args.repeats) if transforms._jpegroi is not None else {}
             stages = crop_stages(files, args.repeats)
         finally:
-            s3.terminate()
-            s3.wait(timeout=10)
+            from infra.local.services import stop
+
+            stop(s3)
     # Round by round (see paired_ratio); the best rates' ratios would pair different moments.
     paired = {"s3_over_local": paired_ratio(per_round["c_shards_s3"], per_round["b_shards_local"]),
               "s3_over_local_after_first_batch": paired_ratio(steady["s3"], steady["local"]),
