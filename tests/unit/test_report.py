@@ -55,7 +55,7 @@ def test_write_report_produces_the_three_artifacts(tmp_path):
 
 
 def test_interval_and_seeds_needed_against_hand_computed_values():
-    from orchestrator.report import interval, seeds_needed
+    from orchestrator.claims import interval, seeds_needed
 
     # mean 2, sd 1 over 3 seeds; t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3) = 2.4841
     lo, hi = interval([1.0, 2.0, 3.0])
@@ -67,7 +67,7 @@ def test_interval_and_seeds_needed_against_hand_computed_values():
 
 
 def test_claims_are_decided_from_paired_seeds():
-    from orchestrator.report import decide, seed_comparisons
+    from orchestrator.claims import decide, seed_comparisons
 
     assert decide([10.0, 12.0, 11.0], "higher") == "holds"
     assert decide([-1.0, 1.0, 0.5], "higher") == "open"
@@ -95,7 +95,7 @@ def test_claims_are_decided_from_paired_seeds():
 
 
 def test_mean_curve_is_taken_at_the_steps_every_seed_logged():
-    from orchestrator.report import mean_curve
+    from orchestrator.figures import mean_curve
 
     a = RunRecord("plain", 8, 0, history={"train/error_top1": [(10, 50.0), (20, 40.0), (30, 30.0)]})
     b = RunRecord("plain", 8, 1, history={"train/error_top1": [(10, 60.0), (20, 20.0)]})
@@ -174,7 +174,7 @@ def test_a_sweep_of_units_and_variants_plots_a_panel_per_group(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from orchestrator.report import panels
+    from orchestrator.figures import panels
 
     titles = [title for title, _ in panels(unit_sweep())]
     assert titles == ["units at depth 110"]
@@ -185,7 +185,7 @@ def test_a_sweep_of_units_and_variants_plots_a_panel_per_group(tmp_path):
 
 
 def test_layer_responses_are_drawn_per_net_with_depths_overlaid(tmp_path):
-    from orchestrator.report import mean_responses
+    from orchestrator.figures import mean_responses
 
     runs = []
     for arch, scale in (("plain", 1.0), ("residual", 0.4)):
