@@ -21,13 +21,13 @@ import json
 import os
 import random
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -37,8 +37,10 @@ from infra.local.services import (  # noqa: E402
     http_ok,
     mlflow_server_command,
     start_moto,
-    start_mlflow as start_mlflow_server,
     wait_for,
+)
+from infra.local.services import (
+    start_mlflow as start_mlflow_server,
 )
 from orchestrator import endpoints  # noqa: E402
 from orchestrator.demo_data import DATASETS  # noqa: E402
@@ -109,49 +111,35 @@ def auto_ports() -> dict:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 # ---------------------------------------------------------------------------- processes
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
-        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
 def process_tree(roots: list[int]) -> list[int]:
-    children, seen, stack = _children_map(), [], list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid in seen or not pid_alive(pid):
+    """``roots`` and every process under them, alive ones only."""
+    found: list[int] = []
+    for pid in roots:
+        try:
+            procs = [psutil.Process(pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.Error:
             continue
-        seen.append(pid)
-        stack.extend(children.get(pid, []))
-    return seen
+        found += [p.pid for p in procs if p.pid not in found and pid_alive(p.pid)]
+    return found
 
 
 def ray_processes(temp_dir: str, gcs_port: int) -> list[int]:
@@ -165,28 +153,29 @@ def ray_processes(temp_dir: str, gcs_port: int) -> list[int]:
 
     def ours(cmd: str) -> bool:
         return temp_dir in cmd or ("ray.util.client.server" in cmd
-                                   and f":{gcs_port} " in cmd.replace(",", " "))
+                                   and f":{gcs_port} " in cmd.replace(",", " ") + " ")
 
-    roots = [int(p.name) for p in Path("/proc").iterdir()
-             if p.name.isdigit() and int(p.name) != me and ours(_cmdline(int(p.name)))]
+    roots = [p.pid for p in psutil.process_iter(["cmdline"])
+             if p.pid != me and ours(" ".join(p.info["cmdline"] or []))]
     return process_tree(roots)
 
 
 def terminate(pids: list[int], grace: float = 8.0) -> None:
+    """SIGTERM, then SIGKILL for what is still alive after ``grace`` seconds."""
+    procs = []
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+        except psutil.Error:
             pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 def stop_group(pid: int | None) -> None:

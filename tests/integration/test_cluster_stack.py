@@ -177,9 +177,9 @@ def test_a_lost_node_is_replaced_and_its_run_resumes(stack, sweep):
         run_ = wait_for_run(proc, child, lambda r: r.data.metrics.get("epoch", 0) >= 1, "an epoch ended")
         wait_for_checkpoint(info, f"it-node-{run_.data.params['run_name']}", proc)
         (worker,) = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
-                     if "RayTrainWorker" in stack_mod._cmdline(p)]
+                     if "RayTrainWorker" in stack_mod.cmdline(p)]
         raylet = _parent(worker)
-        assert "raylet" in stack_mod._cmdline(raylet)
+        assert "raylet" in stack_mod.cmdline(raylet)
         os.kill(raylet, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-4000:]

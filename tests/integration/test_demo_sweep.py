@@ -268,7 +268,7 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint(sweep, stack, mlf
     try:
         wait_for_first_epoch(mlflow_client, "it-worker", proc, info)
         workers = [p for p in stack_mod.ray_processes(info["ray_temp_dir"], info["ports"]["ray_gcs"])
-                   if "RayTrainWorker" in stack_mod._cmdline(p)]
+                   if "RayTrainWorker" in stack_mod.cmdline(p)]
         assert len(workers) == 2, workers
         os.kill(workers[-1], signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
