@@ -220,3 +220,16 @@ def test_one_seed_gives_observations_and_several_give_worded_verdicts_from_inter
     open_claim = summarize([record("plain", 8, 30 + n, 35, s) for s, n in enumerate((0, 3, -3))]
                            + [record("plain", 32, 30 + n, 50, s) for s, n in enumerate((1, -2, 2))])
     assert "is open" in open_claim["verdicts"][0]
+
+
+def test_a_verdict_outside_the_papers_depths_says_it_tests_whether_the_claim_carries_over():
+    runs = []
+    for seed, noise in enumerate((0.0, 1.0, -1.0)):
+        runs += [record("residual", 32, 10 + noise, 8, seed), record("preact", 32, 12 + noise, 9, seed),
+                 record("residual", 8, 14 + noise, 12, seed)]
+    verdicts = summarize(runs)["verdicts"]
+    (pre,) = [v for v in verdicts if v.startswith("pre-activation (")]
+    assert pre.endswith("(the paper makes this claim at 1001 layers: here it is tested at 32, "
+                        "whether it carries over)")
+    (res,) = [v for v in verdicts if v.startswith("residual learning")]
+    assert "carries over" not in res  # [P1]'s depth claims hold at any depth
