@@ -15,20 +15,25 @@ import torch
 from PIL import Image
 
 
-def rounds(paths: dict, repeats: int, warmup: int = 0) -> dict[str, list[float]]:
+def rounds(paths: dict, repeats: int, warmup: int = 0,
+           clock=time.perf_counter) -> dict[str, list[float]]:
     """The rate (items/s) of each path in each of ``repeats`` rounds, each round running every
     path once: interleaved, so that a slow spell of this shared machine hits all paths alike. A
     path is a function returning how many items it processed. ``warmup`` untimed rounds go
-    first, to leave out what a process pays once (imports, caches, first allocations)."""
+    first, to leave out what a process pays once (imports, caches, first allocations).
+
+    ``clock``: wall time, or ``time.process_time`` (this process's CPU seconds, all its threads)
+    for in-process work on a machine other jobs share: a core taken away for a while stretches
+    the wall time of a path but not the CPU time it needs."""
     for _ in range(warmup):
         for fn in paths.values():
             fn()
     rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():
-            t = time.perf_counter()
+            t = clock()
             n = fn()
-            rates[name].append(n / (time.perf_counter() - t))
+            rates[name].append(n / (clock() - t))
     return rates
 
 

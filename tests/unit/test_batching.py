@@ -1,4 +1,4 @@
-"""Batches filled in place."""
+"""Batches assembled one image at a time, over channels_last memory."""
 
 import pytest
 import torch
@@ -8,19 +8,31 @@ from training.data.batching import BatchBuilder, empty_batch
 SHAPE = (3, 4, 5)
 
 
+def image(value: int) -> torch.Tensor:
+    """A CHW view of HWC memory, what the decoders return."""
+    return torch.full((4, 5, 3), value, dtype=torch.uint8).permute(2, 0, 1)
+
+
 def fill(builder: BatchBuilder, value: int, n: int | None = None):
-    """A batch whose images are all ``value``, written in place like a transform does."""
+    """A batch whose images are all ``value``."""
     for _ in range(builder.size if n is None else n):
-        builder.slot().fill_(value)
-        builder.add(builder.slot(), label=value)
+        builder.add(image(value), label=value)
     return builder.take()
 
 
-def test_the_batch_is_channels_last_and_holds_what_was_written():
-    builder = BatchBuilder(4, SHAPE)
-    images, labels, skipped = fill(builder, 7)
+def test_the_batch_is_channels_last_and_holds_what_was_added():
+    images, labels, skipped = fill(BatchBuilder(4), 7)
     assert images.shape == (4, *SHAPE) and images.is_contiguous(memory_format=torch.channels_last)
     assert images.eq(7).all() and labels.tolist() == [7] * 4 and skipped == 0
+
+
+def test_images_in_chw_memory_are_copied_in_with_the_same_pixels():
+    builder = BatchBuilder(2)
+    chw = torch.arange(60, dtype=torch.uint8).view(SHAPE)
+    builder.add(chw, 0)
+    builder.add(chw.flip(-1), 1)
+    images = builder.take()[0]
+    assert images[0].equal(chw) and images[1].equal(chw.flip(-1))
 
 
 def test_ten_crop_stacks_get_a_batch_of_their_own_shape():
@@ -29,38 +41,26 @@ def test_ten_crop_stacks_get_a_batch_of_their_own_shape():
 
 
 def test_every_batch_has_memory_of_its_own():
-    builder = BatchBuilder(4, SHAPE)
+    builder = BatchBuilder(4)
     batches = [fill(builder, v)[0] for v in range(5)]
     assert all(b.eq(v).all() for v, b in enumerate(batches))
     assert len({b.data_ptr() for b in batches}) == 5
 
 
 def test_a_short_batch_is_a_copy_of_its_rows():
-    builder = BatchBuilder(4, SHAPE)
-    images, labels, _ = fill(builder, 5, n=3)
+    images, labels, _ = fill(BatchBuilder(4), 5, n=3)
     assert images.shape == (3, *SHAPE) and images.eq(5).all()
     assert images.untyped_storage().nbytes() == 3 * 60
     assert images.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_skipped_samples_keep_their_slot_count_but_not_a_row():
-    builder = BatchBuilder(4, SHAPE)
-    builder.slot().fill_(9)  # a transform that wrote part of an image, then failed
+def test_skipped_samples_take_a_turn_but_not_a_row():
+    builder = BatchBuilder(4)
     builder.skip()
-    builder.slot().fill_(1)
-    builder.add(builder.slot(), 1)
+    builder.add(image(1), 1)
     assert builder.slots == 2
     images, labels, skipped = builder.take()
     assert images.shape == (1, *SHAPE) and images.eq(1).all() and skipped == 1
-
-
-def test_images_from_a_transform_without_a_shape_are_copied_in():
-    builder = BatchBuilder(2)
-    assert builder.slot() is None
-    builder.add(torch.full(SHAPE, 3, dtype=torch.uint8), 0)
-    builder.add(torch.full(SHAPE, 4, dtype=torch.uint8), 1)
-    images = builder.take()[0]
-    assert images[0].eq(3).all() and images[1].eq(4).all()
 
 
 def test_an_image_of_the_wrong_shape_is_a_clear_error():
@@ -71,7 +71,7 @@ def test_an_image_of_the_wrong_shape_is_a_clear_error():
 
 
 def test_a_batch_of_only_skipped_samples_is_empty():
-    builder = BatchBuilder(2, SHAPE)
+    builder = BatchBuilder(2)
     builder.skip()
     builder.skip()
     images, labels, skipped = builder.take()

@@ -194,9 +194,9 @@ def test_the_training_order_is_pinned(shards):
     loader = build_loader(shards, "train", batch_size=16, seed=3, epoch=1, rank=1, world_size=2)
     keys, decode = [], loader.dataset._decode
 
-    def recording(key, parts, out=None):
+    def recording(key, parts):
         keys.append(key)
-        return decode(key, parts, out)
+        return decode(key, parts)
 
     loader.dataset._decode = recording
     assert sum(len(y) for _, y in loader) == 80
@@ -293,10 +293,9 @@ def test_the_per_sample_augmentation_draws_are_pinned(shards):
 
 @pytest.mark.parametrize("augment", ["cifar", "imagenet"])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_batches_filled_in_place_stay_what_they_were(shards, augment, workers):
-    # Each image is written into its slot of the batch (training/data/batching.py); worker
-    # processes send the batches through shared memory. Holding every batch or dropping each
-    # at once must give the same pixels, every batch in memory of its own.
+def test_batches_stay_what_they_were(shards, augment, workers):
+    # Worker processes send the batches through shared memory. Holding every batch or dropping
+    # each at once must give the same pixels, every batch in memory of its own.
     def batches():
         return build_loader(shards, "train", batch_size=16, image_size=16, augment=augment,
                             seed=5, loader_workers=workers)

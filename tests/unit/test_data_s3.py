@@ -67,6 +67,17 @@ def test_connection_resets_mid_shard_are_retried(s3_shards, through):
     assert total == 160 and set(labels.values()) == {40}
 
 
+def test_a_shard_that_never_arrives_whole_is_a_clear_error(s3_shards, through):
+    from training.data import storage
+
+    proxy = through(cut_connections=100, cut_after=30_000)
+    shard = read_manifest(s3_shards, "train").shards[0]
+    url = f"{s3_shards}/train/{shard}"
+    with pytest.raises(StorageError, match=rf"reading {url} failed 3 times"):
+        storage._read_object(url, max_attempts=3, base_delay=0.01)
+    assert proxy.cuts == 3
+
+
 def test_5xx_answers_are_retried(s3_shards, through):
     proxy = through(fail_requests=3)
     total, _ = read_all(s3_shards, world=1, workers=0)

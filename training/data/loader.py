@@ -232,9 +232,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 for _ in range(stop - start - got):
                     yield None, None  # keep the slot so batch counts stay equal across ranks
 
-    def _decode(self, key, parts, out=None):
-        """``(image, label)``, or None for a bad sample. ``out``: the batch slot a transform
-        with a ``shape`` writes its image into (``BatchBuilder``)."""
+    def _decode(self, key, parts):
+        """``(image, label)``, or None for a bad sample."""
         if parts is None:
             return None
         try:
@@ -242,9 +241,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             # A photo is a .jpg; a lossless source's pixels (CIFAR) a .png.
             image = parts["jpg"] if "jpg" in parts else parts["png"]
             # The transform decodes the bytes its own way (reduced-size for big photos).
-            if out is None:
-                return self.transform(image), label
-            return self.transform(image, out=out), label
+            return self.transform(image), label
         except Exception as exc:  # corrupt JPEG, missing label: skip and count
             log.warning("skipping bad sample %s: %s", key, exc)
             return None
@@ -263,9 +260,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         # Samples come in as views into their shard, and one view keeps its whole shard alive:
         # the few samples that wait long in the buffer would keep some 14 ImageNet shards
         # (1.5 GB) alive (a sample stays through k draws from a full buffer of B with odds
-        # e^(-k/B); of a 1,000-sample shard, one likely stays ~14,000 draws). Every quarter of `hold` reads, the samples waiting for more than `hold` reads
-        # are copied out of it, so a shard lives at most 1.25 * hold reads after its last
-        # sample came in. With a full buffer, about a third of the samples wait that long.
+        # e^(-k/B); of a 1,000-sample shard, one likely stays ~14,000 draws). Every quarter of
+        # `hold` reads, the samples waiting for more than `hold` reads are copied out of it, so
+        # a shard lives at most 1.25 * hold reads after its last sample came in. With a full
+        # buffer, about a third of the samples wait that long.
         hold = self.shuffle_buffer
         for read, item in enumerate(items, start=1):
             buf.append((read, item))
@@ -294,7 +292,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         first = mine * self.batch_size
         stream = itertools.islice(self._shuffled(self._samples(ranges), seed, copy_out_of_shard),
                                   first, None)  # dropped before decoding
-        batch = BatchBuilder(self.batch_size, getattr(self.transform, "shape", None))
+        batch = BatchBuilder(self.batch_size)
         # The time this process spends making each batch (reading, decoding, augmenting), not
         # the time its consumer holds it: the clock restarts when the generator resumes.
         started = time.perf_counter()
@@ -306,7 +304,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 # This draw used to seed numpy's generator; it stays so that every crop and
                 # shift is what it was and recorded studies reproduce digit for digit.
                 random.getrandbits(32)
-            sample = self._decode(key, parts, batch.slot())
+            sample = self._decode(key, parts)
             if sample is None:
                 batch.skip()
             else:

@@ -104,92 +104,50 @@ def _explain(url: str, exc: Exception) -> StorageError:
     return StorageError(f"cannot read {url} from {endpoint}: {type(exc).__name__}: {exc}")
 
 
-class S3Stream(io.RawIOBase):
-    """Sequential reads of one S3 object that survive a dropped connection.
+def _read_object(url: str, *, max_attempts: int = 8, base_delay: float = 0.2) -> bytes:
+    """The whole of one S3 object, read again from the start when its body breaks half-way.
 
-    botocore retries failed requests, but not a body that breaks half-way (a reset, a timeout,
-    a server that closes early). This reader notices (an error, or fewer bytes than the object
-    holds) and asks again from the byte where it stopped, with exponential backoff and jitter.
+    botocore retries failed requests, but not a body that breaks after the answer began (a
+    reset, a timeout, a server that closes early). Such a read is noticed (an error, or fewer
+    bytes than the object holds) and the object is asked for again, with exponential backoff
+    and jitter. A ranged resume from the byte where it broke was measured no faster
+    (`bench/results/parts.md`): shards are read whole, so this is the simpler code.
     """
-
-    def __init__(self, url: str, *, max_attempts: int = 8, base_delay: float = 0.2):
-        super().__init__()
-        self.url, (self.bucket, self.key) = url, split_s3(url)
-        self.max_attempts, self.base_delay = max_attempts, base_delay
-        self.pos, self.retries = 0, 0
-        self.body, self.length = None, None
-        self._open()
-
-    def _open(self) -> None:
-        kwargs = {"Range": f"bytes={self.pos}-"} if self.pos else {}
-        response = s3_client().get_object(Bucket=self.bucket, Key=self.key, **kwargs)
-        self.body = response["Body"]
-        if self.length is None:
-            self.length = response["ContentLength"]
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self.length is not None and self.pos >= self.length:
-            return b""
-        attempt = 0
-        while True:
-            try:
-                if self.body is None:
-                    self._open()
-                data = self.body.read(None if n is None or n < 0 else n)
-                if not data:
-                    raise ConnectionError(f"stream ended at byte {self.pos} of {self.length}")
-                self.pos += len(data)
-                return data
-            except Exception as exc:
-                if _error_code(exc) in _PERMANENT:
-                    raise _explain(self.url, exc) from None
-                attempt += 1
-                self.retries += 1
-                if attempt >= self.max_attempts:
-                    raise StorageError(f"reading {self.url} failed {attempt} times at byte "
-                                       f"{self.pos}: {exc}") from None
-                self._close_body()
-                time.sleep(min(10.0, self.base_delay * 2 ** attempt) * (0.5 + random.random()))
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _close_body(self) -> None:
-        if self.body is not None:
-            try:
-                self.body.close()
-            except Exception:
-                pass
-            self.body = None
-
-    def close(self) -> None:
-        self._close_body()
-        super().close()
+    bucket, key = split_s3(url)
+    for attempt in range(1, max_attempts + 1):
+        try:
+            response = s3_client().get_object(Bucket=bucket, Key=key)
+            data = response["Body"].read()
+            if len(data) != response["ContentLength"]:
+                raise ConnectionError(f"got {len(data)} of {response['ContentLength']} bytes")
+            return data
+        except Exception as exc:
+            if _error_code(exc) in _PERMANENT:
+                raise _explain(url, exc) from None
+            if attempt == max_attempts:
+                raise StorageError(f"reading {url} failed {attempt} times: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            time.sleep(min(10.0, base_delay * 2 ** attempt) * (0.5 + random.random()))
 
 
 def open_stream(url: str) -> BinaryIO:
-    """Open a local file or an s3:// object for sequential reading."""
-    if not is_s3(url):
-        try:
-            return open(url, "rb")
-        except OSError as exc:
-            raise StorageError(f"cannot open {url}: {exc.strerror}") from None
+    """Open a local file or an s3:// object for sequential reading (an object is read whole
+    first: see ``_read_object``)."""
+    return io.BytesIO(read_bytes(url)) if is_s3(url) else _open_local(url)
+
+
+def _open_local(url: str) -> BinaryIO:
     try:
-        return S3Stream(url)
-    except StorageError:
-        raise
-    except Exception as exc:  # botocore raises many types; each becomes one clear message
-        raise _explain(url, exc) from None
+        return open(url, "rb")
+    except OSError as exc:
+        raise StorageError(f"cannot open {url}: {exc.strerror}") from None
 
 
 def read_bytes(url: str) -> bytes:
-    with open_stream(url) as f:
-        return f.read()
+    if not is_s3(url):
+        with _open_local(url) as f:
+            return f.read()
+    return _read_object(url)
 
 
 def read_buffer(url: str) -> bytes | mmap.mmap:

@@ -12,11 +12,6 @@ Each transform decodes the bytes itself, the way that suits its images:
   not the pixels, sets the rate (`bench/small_images.py`).
 Normalisation (mean subtraction) happens on the device, in the loop.
 
-Every transform has a fixed output ``shape`` and takes an optional ``out``: a tensor of that
-shape (a slot of the loader's batch) that the image is written into, and returned. The resize
-writes its result straight into the slot: no image is made only to be copied into the batch
-afterwards.
-
 Recipes (``augment`` in the config):
 - ``cifar`` [P1 4.2]: pad (4 at 32 pixels, scaled with the image), random crop, flip.
 - ``imagenet``: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip, the common recipe.
@@ -146,29 +141,15 @@ def decode_box(data: bytes, whole: tuple[int, int], box: tuple[float, float, flo
     return to_tensor(image)[:, y0:y1, x0:x1]
 
 
-def _written(image: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """``image``, copied into ``out`` if given (``out`` may be what ``image`` was made from:
-    the flip and the stack below make new tensors first)."""
-    return image if out is None else out.copy_(image)
-
-
-def _resized(x: torch.Tensor, size: int | tuple[int, int],
-             out: torch.Tensor | None = None) -> torch.Tensor:
+def _resized(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """A CHW uint8 image at ``size x size`` (or ``(height, width)``): bilinear, antialiased
     when shrinking. torch's uint8 kernel is vectorised; its cost per 224 crop is in
-    `bench/results/loader.md` ("resize"). With ``out`` (CHW, that size) the result is written
-    into it, the same pixels as without."""
+    `bench/results/loader.md` ("resize")."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) == hw:
-        return _written(x, out)
-    if out is None:
-        return F.interpolate(_batch_of_one(x), size=hw, mode="bilinear", antialias=True,
-                             align_corners=False)[0]
-    # The kernel F.interpolate calls, given the output to fill: F.interpolate has no ``out``.
-    # A test checks that the pixels are F.interpolate's.
-    torch._C._nn._upsample_bilinear2d_aa(_batch_of_one(x), hw, False, None, None,
-                                         out=_batch_of_one(out))
-    return out
+        return x
+    return F.interpolate(_batch_of_one(x), size=hw, mode="bilinear", antialias=True,
+                         align_corners=False)[0]
 
 
 def _batch_of_one(x: torch.Tensor) -> torch.Tensor:
@@ -181,14 +162,12 @@ def _batch_of_one(x: torch.Tensor) -> torch.Tensor:
     return x[None]
 
 
-def shift(x: torch.Tensor, dx: int, dy: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """``x`` (CHW) moved right by ``dx`` and down by ``dy``, zeros filling in: a zero-padded
-    random crop [P1 4.2] without building the padded image. The result (written into ``out``
-    if given) is a CHW view of HWC memory, like ``to_tensor``'s."""
+    random crop [P1 4.2] without building the padded image. The result is a CHW view of HWC
+    memory, like ``to_tensor``'s."""
     c, h, w = x.shape
-    if out is None:
-        out = torch.empty(h, w, c, dtype=x.dtype).permute(2, 0, 1)
-    out.zero_()
+    out = torch.zeros(h, w, c, dtype=x.dtype).permute(2, 0, 1)
     if abs(dx) < w and abs(dy) < h:
         out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
             x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
@@ -198,23 +177,22 @@ def shift(x: torch.Tensor, dx: int, dy: int, out: torch.Tensor | None = None) ->
 class CifarTrain:
     def __init__(self, size: int):
         self.size, self.pad = size, max(1, round(size / 8))
-        self.shape = (3, size, size)
 
-    def __call__(self, data: bytes, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, data: bytes) -> torch.Tensor:
         x = _resized(decode_rgb(data), self.size)
         # Zero padding then a random crop = a random shift with zeros filling in [P1 4.2].
         dx, dy = (random.randint(-self.pad, self.pad) for _ in range(2))
         if random.random() < 0.5:
             x = x.flip(-1)
-        return shift(x, dx, dy, out)
+        return shift(x, dx, dy)
 
 
 class CifarEval:
     def __init__(self, size: int):
-        self.size, self.shape = size, (3, size, size)
+        self.size = size
 
-    def __call__(self, data: bytes, out: torch.Tensor | None = None) -> torch.Tensor:
-        return _resized(decode_rgb(data), self.size, out)
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return _resized(decode_rgb(data), self.size)
 
 
 class RandomResizedCrop:
@@ -222,7 +200,6 @@ class RandomResizedCrop:
 
     def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         self.size, self.scale, self.log_ratio = size, scale, (math.log(ratio[0]), math.log(ratio[1]))
-        self.shape = (3, size, size)
 
     def params(self, width: int, height: int) -> tuple[float, float, float, float]:
         area = width * height
@@ -236,10 +213,10 @@ class RandomResizedCrop:
         side = min(width, height)  # fallback: the central square
         return (width - side) / 2, (height - side) / 2, side, side
 
-    def __call__(self, data: bytes, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, data: bytes) -> torch.Tensor:
         whole = image_size(data)
-        image = _resized(decode_box(data, whole, self.params(*whole), self.size), self.size, out)
-        return _written(image.flip(-1), out) if random.random() < 0.5 else image
+        image = _resized(decode_box(data, whole, self.params(*whole), self.size), self.size)
+        return image.flip(-1) if random.random() < 0.5 else image
 
 
 class Lighting:
@@ -248,33 +225,32 @@ class Lighting:
     def __init__(self, std: float = 0.1):
         self.std = std
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # From `random`, like every draw of the augmentations: the loader seeds only that
         # generator per sample, instead of numpy's as well for these three numbers.
         alpha = np.array([random.gauss(0, self.std) for _ in range(3)])
         shift = torch.tensor(_EIGVEC @ (alpha * _EIGVAL) * 255.0, dtype=torch.float32).view(3, 1, 1)
-        lit = (x.float() + shift).clamp_(0, 255)
-        return lit.to(torch.uint8) if out is None else out.copy_(lit)  # both truncate
+        return (x.float() + shift).clamp_(0, 255).to(torch.uint8)  # truncates, like AlexNet's
 
 
 class PaperScaleAugment:
     """[P1 3.4]: shorter side to a random size in [256, 480] (for 224 crops), crop, flip, PCA."""
 
     def __init__(self, size: int):
-        self.size, self.shape = size, (3, size, size)
+        self.size = size
         self.range = (round(256 * size / 224), round(480 * size / 224))
         self.lighting = Lighting()
 
-    def __call__(self, data: bytes, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, data: bytes) -> torch.Tensor:
         width, height = image_size(data)
         w, h = resized_to_shorter(width, height, random.randint(*self.range), self.size)
         x, y = random.randint(0, w - self.size), random.randint(0, h - self.size)
         # That crop of the resized image is this box of the original: only it is decoded.
         box = (x * width / w, y * height / h, self.size * width / w, self.size * height / h)
-        image = _resized(decode_box(data, (width, height), box, self.size), self.size, out)
+        image = _resized(decode_box(data, (width, height), box, self.size), self.size)
         if random.random() < 0.5:
             image = image.flip(-1)
-        return self.lighting(image, out)
+        return self.lighting(image)
 
 
 def resized_to_shorter(width: int, height: int, shorter: int, at_least: int) -> tuple[int, int]:
@@ -291,16 +267,15 @@ class ResizeCenterCrop:
         if crops not in (1, 10):
             raise ValueError(f"eval crops must be 1 or 10, got {crops}")
         self.size, self.crops, self.resize = size, crops, round(size * 256 / 224)
-        self.shape = (3, size, size) if crops == 1 else (10, 3, size, size)
 
-    def __call__(self, data: bytes, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, data: bytes) -> torch.Tensor:
         s = self.size
         if self.crops == 1:  # crop first: only the center box is decoded and resized
             width, height = image_size(data)
             w, h = resized_to_shorter(width, height, self.resize, self.resize)
             x, y = (w - s) // 2, (h - s) // 2
             box = (x * width / w, y * height / h, s * width / w, s * height / h)
-            return _resized(decode_box(data, (width, height), box, s), s, out)
+            return _resized(decode_box(data, (width, height), box, s), s)
         # The paper's 10 crops cover the whole resized image: decode it all (at the DCT scale
         # that keeps the shorter side at least self.resize), resize, cut.
         width, height = image_size(data)
@@ -310,7 +285,7 @@ class ResizeCenterCrop:
         center = ((w - s) // 2, (h - s) // 2)
         corners = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
         crops = [image[:, y:y + s, x:x + s] for x, y in corners]
-        return _written(torch.stack(crops + [c.flip(-1) for c in crops]), out)
+        return torch.stack(crops + [c.flip(-1) for c in crops])
 
 
 def build_transform(augment: str, image_size: int, *, train: bool, eval_crops: int = 1):
