@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator import ray_internals
 from orchestrator.capacity import ceiling_from_autoscaler_config
 from orchestrator.endpoints import REPO_ROOT, worker_env
 from orchestrator.spec import ClusterSpec
@@ -56,14 +57,9 @@ def cluster_ceiling() -> dict | None:
     cluster launcher's config, from ``DEPTHLAB_AUTOSCALER_CONFIG`` (the local stack sets it) or
     where the launcher puts it on the head, ``~/ray_bootstrap_config.yaml``.
     """
-    try:
-        from ray._private.state import state
-
-        published = state.get_max_resources_from_cluster_config()
-    except Exception:  # a private API: a Ray without it just means "not published"
-        published = None
+    published = ray_internals.published_max_resources()
     if published:
-        return {k: float(v) for k, v in published.items()}
+        return published
     if os.environ.get("RAY_CLUSTER_NAME") and os.environ.get("RAY_CLUSTER_NAMESPACE"):
         config = kuberay_autoscaling_config(os.environ["RAY_CLUSTER_NAME"],
                                             os.environ["RAY_CLUSTER_NAMESPACE"])
@@ -82,9 +78,7 @@ def kuberay_autoscaling_config(name: str, namespace: str) -> dict | None:
     (read through the Kubernetes API with the pod's service account), or None when it cannot
     be read: the capacity check then only warns."""
     try:
-        from ray.autoscaler._private.kuberay.autoscaling_config import AutoscalingConfigProducer
-
-        return AutoscalingConfigProducer(name, namespace)()
+        return ray_internals.kuberay_autoscaling_config(name, namespace)
     except Exception as exc:  # no API access, an RBAC refusal, a Ray without the reader
         print(f"note: cannot read RayCluster {namespace}/{name} for its node types ({exc}); "
               "a run too big for the cluster will wait instead of being refused", flush=True)

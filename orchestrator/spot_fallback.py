@@ -50,12 +50,10 @@ def ranked(base_score: tuple | None, *, available: bool, spot: bool) -> tuple | 
 
 def utilization_scorer(node_resources, resources, node_type, *, node_availability_summary):
     """The scorer Ray's autoscaler calls for each node type (its ``UtilizationScorer``)."""
-    from ray.autoscaler._private.resource_demand_scheduler import (
-        _resource_based_utilization_scorer,
-    )
+    from orchestrator.ray_internals import utilization_score
 
-    base = _resource_based_utilization_scorer(
-        node_resources, resources, node_availability_summary=node_availability_summary)
+    base = utilization_score(node_resources, resources,
+                             node_availability_summary=node_availability_summary)
     record = node_availability_summary.node_availabilities.get(node_type)
     config = os.environ.get("DEPTHLAB_AUTOSCALER_CONFIG") or str(BOOTSTRAP_CONFIG)
     return ranked(base, available=record is None or record.is_available,
