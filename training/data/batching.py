@@ -1,9 +1,8 @@
 """Batches assembled one image at a time, over channels_last memory.
 
 Each image a transform returns is copied into its row of the batch. Handing the transforms
-their row to write into instead (the resize's output being the batch itself) was measured at
-most 2% faster (`bench/results/parts.md`, "in-place batches"): not worth an ``out`` argument
-threaded through every transform.
+their row to write into instead (the resize's output being the batch itself) did not pay for an
+``out`` argument threaded through every transform (`bench/results/parts-removed.md`).
 """
 
 from __future__ import annotations

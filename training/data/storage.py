@@ -110,8 +110,8 @@ def _read_object(url: str, *, max_attempts: int = 8, base_delay: float = 0.2) ->
     botocore retries failed requests, but not a body that breaks after the answer began (a
     reset, a timeout, a server that closes early). Such a read is noticed (an error, or fewer
     bytes than the object holds) and the object is asked for again, with exponential backoff
-    and jitter. A ranged resume from the byte where it broke was measured no faster
-    (`bench/results/parts.md`): shards are read whole, so this is the simpler code.
+    and jitter. Shards are read whole, and a ranged resume from the byte where it broke
+    was measured no faster (`bench/results/parts-removed.md`): this is the simpler code.
     """
     bucket, key = split_s3(url)
     for attempt in range(1, max_attempts + 1):

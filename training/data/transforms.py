@@ -143,8 +143,7 @@ def decode_box(data: bytes, whole: tuple[int, int], box: tuple[float, float, flo
 
 def _resized(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """A CHW uint8 image at ``size x size`` (or ``(height, width)``): bilinear, antialiased
-    when shrinking. torch's uint8 kernel is vectorised; its cost per 224 crop is in
-    `bench/results/loader.md` ("resize")."""
+    when shrinking, by torch's vectorised uint8 kernel."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) == hw:
         return x
@@ -155,7 +154,7 @@ def _resized(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 def _batch_of_one(x: torch.Tensor) -> torch.Tensor:
     """``x[None]``, but a CHW view of HWC memory keeps a batch stride of H*W*C. ``x[None]`` gives
     it a stride of 3, and torch then no longer treats the batch as channels_last: the resize
-    falls back from its vectorised channels_last uint8 kernel and takes twice as long
+    falls back from its vectorised channels_last uint8 kernel to a slower one
     (`bench/results/loader.md`, "resize")."""
     if x.stride(0) == 1:  # HWC memory
         return x.permute(1, 2, 0)[None].permute(0, 3, 1, 2)
