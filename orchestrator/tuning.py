@@ -31,6 +31,15 @@ def choose_lr(errors: dict[str, dict[float, list[float]]]) -> dict[str, float]:
     return chosen
 
 
+def at_edge(candidates, chosen: float) -> str | None:
+    """"smallest" or "largest" when ``chosen`` is that end of the candidates (two or more): the
+    best rate may lie beyond the range tried."""
+    tried = sorted(candidates)
+    if len(tried) < 2 or chosen not in (tried[0], tried[-1]):
+        return None
+    return "smallest" if chosen == tried[0] else "largest"
+
+
 def render_tuning(errors: dict[str, dict[float, list[float]]], chosen: dict[str, float],
                   split: str) -> list[str]:
     """The tuning table of the report: each net's mean error per candidate, the choice marked."""
@@ -51,7 +60,12 @@ def render_tuning(errors: dict[str, dict[float, list[float]]], chosen: dict[str,
             cells.append(f"**{text}**" if lr == chosen.get(net) else text)
         choice = f"{chosen[net]:g}" if net in chosen else "-"
         lines.append(f"| {net} | " + " | ".join(cells) + f" | {choice} |")
-    return lines
+    edges = [(net, chosen[net], at_edge([lr for lr, v in by_lr.items() if v], chosen[net]))
+             for net, by_lr in errors.items() if net in chosen]
+    notes = [f"- {net}: the best rate is the {edge} tried ({lr:g}); its best may lie "
+             f"{'below' if edge == 'smallest' else 'above'} the range: widen `tune.lr` to see"
+             for net, lr, edge in edges if edge]
+    return lines + ([""] + notes if notes else [])
 
 
 def tuning_errors(tracker) -> dict[str, dict[float, list[float]]]:

@@ -25,6 +25,11 @@ def test_the_choice_is_the_lowest_mean_error_and_a_tie_goes_to_the_smaller_rate(
         choose_lr({"preact-56": {0.05: [], 0.1: []}})
     table = "\n".join(render_tuning(errors, choose_lr(errors), "holdout"))
     assert "| preact-32 | 25.00 | 20.00 | - | **15.00** | 0.2 |" in table
+    # preact-32's best is the largest rate tried, plain-8's (a tie) the smallest; residual-32's
+    # is inside the range, and plain-32's 0.1 is its only finished candidate: no range at all
+    assert "- preact-32: the best rate is the largest tried (0.2); its best may lie above" in table
+    assert "- plain-8: the best rate is the smallest tried (0.05); its best may lie below" in table
+    assert "residual-32: the best" not in table and "plain-32: the best" not in table
 
 
 def spec(*extra):
