@@ -193,7 +193,8 @@ def seed_comparisons(records: list[RunRecord]) -> list[dict]:
         if claim.depth_a == "same":
             pairs = [(d, d) for d in depths
                      if (*claim.a, d) in nets and (*claim.b, d) in nets]
-        elif len(depths) >= 2:
+        elif len(depths) >= 2 or claim.depth_a == claim.depth_b:
+            # Two nets at the deepest depth need only one; deep against shallow needs two.
             pick = {"deep": depths[-1], "shallow": depths[0]}
             pairs = [(pick[claim.depth_a], pick[claim.depth_b])]
         else:

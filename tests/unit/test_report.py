@@ -94,6 +94,18 @@ def test_claims_are_decided_from_paired_seeds():
     assert "| degradation | plain-32 | plain-8 | higher | train, end of run | 3 | +14.61 |" in text
 
 
+def test_a_sweep_of_one_depth_still_tests_the_claims_between_nets_of_that_depth():
+    from orchestrator.claims import seed_comparisons
+
+    runs = [r for seed, noise in enumerate((0.0, 0.5, -0.5))
+            for r in (record("residual", 32, 4 + noise, 4, seed),
+                      record("preact", 32, 4.2 + noise, 3.8, seed))]
+    claims = {(c["claim"], c["metric"]) for c in seed_comparisons(runs)}
+    # training error (deepest against deepest) and the validation claim at each depth; no
+    # deep-against-shallow claim without a second depth
+    assert claims == {("pre-activation", "train"), ("full pre-activation beats the original", "val")}
+
+
 def test_mean_curve_is_taken_at_the_steps_every_seed_logged():
     from orchestrator.figures import mean_curve
 
