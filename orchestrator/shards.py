@@ -142,7 +142,10 @@ def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, 
         name = f"shard-{index:06d}.tar"
         data, counts = shard_bytes(shards[index])
         url = storage.join(split_url, name)
-        present = storage.size(url) == len(data)
+        digest = storage.sha256(data)
+        # By content, not size: a tar pads to 512-byte blocks, so images that changed a little
+        # often leave a shard's size as it was.
+        present = storage.stored_sha256(url) == digest
         if not present:
             storage.write_bytes(url, data)
         with lock:
@@ -150,7 +153,8 @@ def build_split(source: Path, dest: str, split: str, *, shard_size: int = 1000, 
             for k, v in counts.items():
                 stats[k] += v
         progress.advance()
-        return {"name": name, "num_samples": counts["kept"] + counts["converted"], "bytes": len(data)}
+        return {"name": name, "num_samples": counts["kept"] + counts["converted"], "bytes": len(data),
+                "sha256": digest}
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         entries = [e for e in pool.map(one, range(len(shards))) if e["num_samples"]]

@@ -65,7 +65,8 @@ def train_samples(spec: SweepSpec) -> int | None:
 
 
 def dataset_record(spec: SweepSpec) -> dict:
-    """Name and digest of the training data (its manifest's hash), for the runs' MLflow input."""
+    """Name and digest of the training data (its manifest's hash: the manifest holds every
+    shard's SHA-256, so the digest changes with any byte of the data), for the runs' input."""
     import hashlib
 
     url = spec.runs()[0].data_url

@@ -15,6 +15,7 @@ from training.config import TrainConfig
 from training.context import NullTracker, WorkerContext
 from training.loop import train
 from training.data.transforms import jpeg_decoder
+from training.environment import environment_tags
 
 
 def train_func(config: dict) -> None:
@@ -51,6 +52,8 @@ def train_func(config: dict) -> None:
         # Which JPEG decoder the workers really have (a missing native build only costs speed,
         # so nothing else would show it).
         tracker.set_tag("depthlab.jpeg_decoder", jpeg_decoder())
+        for key, value in environment_tags(ray.train.torch.get_device()).items():
+            tracker.set_tag(key, value)
     ctx = WorkerContext(rank=rank, world_size=ray_ctx.get_world_size(),
                         device=ray.train.torch.get_device(), report=report,
                         restore_dir=restore_dir, tracker=tracker, preempted=preempted)

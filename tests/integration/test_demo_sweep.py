@@ -94,6 +94,15 @@ def test_sweep_leaves_the_mlflow_record_of_the_contract(sweep, mlflow_client):
         from training.data.transforms import jpeg_decoder
 
         assert child.data.tags["depthlab.jpeg_decoder"] == jpeg_decoder(), child.data.tags
+        import torch
+
+        from training.environment import cpu_model
+
+        # what the run's numbers depend on beyond config, seed and data
+        assert child.data.tags["depthlab.env.torch"] == torch.__version__
+        assert child.data.tags["depthlab.env.cpu"] == cpu_model()
+        assert child.data.tags["depthlab.env.device"] == "cpu"
+        assert child.data.tags["depthlab.env.threads"] == "1"  # Ray's one CPU per worker
         for key in ("train/loss", "train/error_top1", "val/error_top1", "val/error_top5", "lr",
                     "throughput/images_per_sec", "responses/mean_std"):
             assert key in child.data.metrics, key

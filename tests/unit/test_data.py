@@ -275,6 +275,26 @@ def test_rebuilding_keeps_intact_shards(demo_images, tmp_path):
     assert again["stats"]["written"] == 0 and again["stats"]["already_there"] == 3
 
 
+def test_rebuilding_rewrites_a_shard_whose_content_changed_at_the_same_size(demo_images, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    shutil.copytree(demo_images, images)
+    first = build_split(images, str(tmp_path / "shards"), "val", shard_size=20, workers=1)
+    one = sorted((images / "val").rglob("*.JPEG"))[0]
+    pixels = Image.open(one).convert("RGB")
+    pixels.putpixel((0, 0), (255, 0, 255))
+    pixels.save(one, quality=90)
+    again = build_split(images, str(tmp_path / "shards"), "val", shard_size=20, workers=1)
+    changed = [a["name"] for a, b in zip(first["shards"], again["shards"]) if a != b]
+    assert len(changed) == 1 and again["stats"]["written"] == 1
+    before, after = (next(e for e in m["shards"] if e["name"] == changed[0])
+                     for m in (first, again))
+    assert before["bytes"] == after["bytes"]  # the case a size check misses
+
+
 def test_the_per_sample_augmentation_draws_are_pinned(shards):
     # What `random` gives a transform at each position of an epoch. These values decide every
     # crop, shift and flip of the recorded studies (README): a change to the seeding changes

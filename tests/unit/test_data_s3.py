@@ -1,5 +1,6 @@
 """The loader against a real S3 server (moto over HTTP), and through injected network faults."""
 
+import json
 from collections import Counter
 from urllib.parse import urlparse
 
@@ -90,6 +91,16 @@ def test_stalled_answers_time_out_and_are_retried(s3_shards, through, monkeypatc
     total, labels = read_all(s3_shards, world=2, workers=0, split="train")
     assert proxy.stalls == 3
     assert total == 160 and set(labels.values()) == {40}  # every sample once
+
+
+def test_shards_on_s3_carry_their_sha256_and_the_manifest_names_it(s3_shards):
+    from training.data import storage
+
+    manifest = json.loads(storage.read_bytes(f"{s3_shards}/train/manifest.json"))
+    for entry in manifest["shards"]:
+        url = f"{s3_shards}/train/{entry['name']}"
+        assert storage.stored_sha256(url) == entry["sha256"] == storage.sha256(storage.read_bytes(url))
+    assert storage.stored_sha256(f"{s3_shards}/train/not-there.tar") is None
 
 
 def test_missing_bucket_and_manifest_are_clear_errors(s3_server):

@@ -7,6 +7,7 @@ so the same code reaches AWS S3, MinIO or the embedded moto server. The client i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import mmap
 import os
@@ -192,8 +193,35 @@ def exists(url: str) -> bool:
     return size(url) is not None
 
 
+def sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stored_sha256(url: str) -> str | None:
+    """The SHA-256 of the object or file at ``url``, or None when there is none (or an object
+    written without ``write_bytes``, which records it in the object's metadata: S3's ETag is
+    no content hash for multipart uploads)."""
+    if not is_s3(url):
+        p = Path(url)
+        if not p.is_file():
+            return None
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    bucket, key = split_s3(url)
+    try:
+        return s3_client().head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    except Exception as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise _explain(url, exc) from None
+
+
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a whole object; boto3 switches to multipart uploads for large payloads."""
+    """Write a whole object; boto3 switches to multipart uploads for large payloads. An S3
+    object carries its SHA-256 in its metadata (``stored_sha256``)."""
     if not is_s3(url):
         path = Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +231,8 @@ def write_bytes(url: str, data: bytes) -> None:
         return
     bucket, key = split_s3(url)
     try:
-        s3_client().upload_fileobj(io.BytesIO(data), bucket, key)
+        s3_client().upload_fileobj(io.BytesIO(data), bucket, key,
+                                   ExtraArgs={"Metadata": {"sha256": sha256(data)}})
     except Exception as exc:
         raise _explain(url, exc) from None
     written = size(url)
