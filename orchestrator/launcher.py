@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,9 @@ def connect() -> None:
         # Not inside `ray job submit`: ship this checkout so the workers run the same code.
         runtime_env.update(working_dir=str(REPO_ROOT), excludes=[".git", "bench/results", "*.png"])
     address = os.environ.get("RAY_ADDRESS") or "auto"
+    # ray.init replaces the SIGTERM handler with a plain exit; a driver that set its own
+    # (compare_depths: stop as on Ctrl-C, the record marked KILLED) keeps it.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING",
                  log_to_driver=True)
@@ -39,6 +44,8 @@ def connect() -> None:
             f"cannot reach a Ray cluster at {address}: {exc}. Start the local stack with "
             "`make up`, or set RAY_ADDRESS to your cluster"
         ) from None
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cluster_capacity() -> dict:

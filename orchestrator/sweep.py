@@ -225,45 +225,54 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: SweepSt
     from orchestrator import launcher
 
     failures: list[str] = []
-    if todo:
-        with ThreadPoolExecutor(max_workers=spec.cluster.max_concurrent_runs) as pool:
-            pending = {}
-            queue = list(todo)
+    if not todo:
+        return failures
+    pool = ThreadPoolExecutor(max_workers=spec.cluster.max_concurrent_runs)
+    pending = {}
+    try:
+        queue = list(todo)
 
-            started: dict[str, float] = {}
+        started: dict[str, float] = {}
 
-            def launch():
-                cfg = queue.pop(0)
-                progress.running[cfg.run_name] = cfg.mlflow_run_id
-                progress.line(f"{cfg.run_name} started")
-                started[cfg.run_name] = time.monotonic()
-                pending[pool.submit(launcher.run_training, cfg, spec.cluster, sweep_id)] = cfg
+        def launch():
+            cfg = queue.pop(0)
+            progress.running[cfg.run_name] = cfg.mlflow_run_id
+            progress.line(f"{cfg.run_name} started")
+            started[cfg.run_name] = time.monotonic()
+            pending[pool.submit(launcher.run_training, cfg, spec.cluster, sweep_id)] = cfg
 
+        while queue and len(pending) < spec.cluster.max_concurrent_runs:
+            launch()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                cfg = pending.pop(fut)
+                outcome = fut.result()
+                progress.running.pop(cfg.run_name, None)
+                charge(tracker, cfg, spec, time.monotonic() - started[cfg.run_name])
+                if outcome.ok:
+                    progress.done += 1
+                    tracker.set_status(cfg.mlflow_run_id, "FINISHED")
+                    err = outcome.metrics.get("val/error_top1")
+                    progress.line(f"{cfg.run_name} finished" +
+                                  (f": val error {err:.2f}%" if err is not None else ""))
+                else:
+                    progress.failed += 1
+                    failures.append(f"{cfg.run_name}: {outcome.error}")
+                    tracker.set_status(cfg.mlflow_run_id, "FAILED")
+                    progress.line(f"{cfg.run_name} FAILED: {outcome.error.splitlines()[0][:200]}")
+                    if fail_fast:
+                        queue.clear()
             while queue and len(pending) < spec.cluster.max_concurrent_runs:
                 launch()
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    cfg = pending.pop(fut)
-                    outcome = fut.result()
-                    progress.running.pop(cfg.run_name, None)
-                    charge(tracker, cfg, spec, time.monotonic() - started[cfg.run_name])
-                    if outcome.ok:
-                        progress.done += 1
-                        tracker.set_status(cfg.mlflow_run_id, "FINISHED")
-                        err = outcome.metrics.get("val/error_top1")
-                        progress.line(f"{cfg.run_name} finished" +
-                                      (f": val error {err:.2f}%" if err is not None else ""))
-                    else:
-                        progress.failed += 1
-                        failures.append(f"{cfg.run_name}: {outcome.error}")
-                        tracker.set_status(cfg.mlflow_run_id, "FAILED")
-                        progress.line(f"{cfg.run_name} FAILED: {outcome.error.splitlines()[0][:200]}")
-                        if fail_fast:
-                            queue.clear()
-                while queue and len(pending) < spec.cluster.max_concurrent_runs:
-                    launch()
-
+    except BaseException:
+        # Ctrl-C or `ray job stop`: leave now. The runs' threads are blocked in Ray Train until
+        # their runs end; the caller exits the process, and Ray stops the runs it owned.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for cfg in pending.values():
+            tracker.set_status(cfg.mlflow_run_id, "KILLED")  # resumed when resubmitted
+        raise
+    pool.shutdown()
     return failures
 
 

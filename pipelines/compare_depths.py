@@ -12,6 +12,8 @@ unset ones default to the embedded local stack (`make up`). Re-running with the 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,14 +38,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _interrupt(signum, frame):
+    # `ray job stop` sends SIGTERM: stop as on Ctrl-C, leaving the record marked, not running.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     apply_local_stack_defaults()
     from orchestrator.sweep import check_services, new_sweep_id, plan_rows, print_plan, run_sweep
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    sweep_id = args.sweep_id or new_sweep_id()
     try:
         spec = load_spec(args.config, args.overrides)
-        sweep_id = args.sweep_id or new_sweep_id()
         plan = plan_rows(spec)
         print_plan(spec, sweep_id, plan)
         problems = check_services(spec)
@@ -61,6 +69,15 @@ def main(argv=None) -> int:
     except (StorageError, RuntimeError) as exc:
         print(f"compare_depths: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        why = str(exc) or "SIGINT"
+        print(f"compare_depths: stopped by {why}; the sweep's MLflow record, if it began, is marked KILLED. "
+              f"Resubmit with --sweep-id {sweep_id} to go on: finished runs are kept, "
+              "unfinished ones resume from their last checkpoint", file=sys.stderr, flush=True)
+        # Not a normal exit: that would join the threads still blocked in Ray Train until
+        # their runs end. The record is written; Ray stops the runs this driver owned.
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -253,6 +253,32 @@ def test_a_killed_driver_resumes_its_unfinished_run(sweep, stack, mlflow_client)
     assert set(val_steps) == {31, 62, 93} and val_steps[-1] == 93
 
 
+def test_a_stopped_job_exits_cleanly_and_marks_its_sweep_killed(sweep, stack, mlflow_client):
+    """`ray job stop` sends the driver SIGTERM: one line saying what happened and how to go on,
+    no traceback, the sweep's record KILLED rather than left running."""
+    state = stack[0]
+    args = [sys.executable, "pipelines/compare_depths.py", *REDUCED, "--set", "grid.arch=[residual]",
+            "--sweep-id", "it-stop"]
+    proc = subprocess.Popen(args, env=clean_env(state), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not runs_of(mlflow_client, "it-stop", "train"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopped by SIGTERM" in err and "--sweep-id it-stop" in err and "Traceback" not in err
+    (parent,) = runs_of(mlflow_client, "it-stop", "sweep")
+    (child,) = runs_of(mlflow_client, "it-stop", "train")
+    assert parent.info.status == "KILLED" and child.info.status == "KILLED"
+
+
 def test_a_restarted_s3_server_gets_its_bucket_and_data_back(stack, sweep):
     state, info = stack
     stack_mod = stack_module()
