@@ -335,7 +335,9 @@ def resubmission_changes(spec: SweepSpec, tracker) -> list[str]:
             if key == "lr" and role == "train" and spec.tune:  # the tune stage sets it
                 continue
             changed.setdefault((key, repr(a), repr(b)), []).append(cfg.run_name)
-    return [f"train.{key}: {a} -> {b} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})"
+    # Names sorted: MLflow returns runs in no fixed order, and the message should not vary.
+    return [f"train.{key}: {a} -> {b} ({', '.join(sorted(runs)[:3])}"
+            f"{', ...' if len(runs) > 3 else ''})"
             for (key, a, b), runs in sorted(changed.items())]
 
 

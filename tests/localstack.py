@@ -55,8 +55,13 @@ def running_stack(state: Path, *options: str):
 
 
 def wait_for_checkpoint(info: dict, train_run: str, proc=None, timeout: float = 300) -> str:
-    """The key of the first checkpoint Ray Train wrote for ``train_run`` (``<sweep>-<run>``) in
-    the stack's bucket, polled for: a fault injected after it lands on a run that can resume."""
+    """The directory name of the first checkpoint Ray Train registered for ``train_run``
+    (``<sweep>-<run>``) in the stack's bucket, polled for: a fault injected after it lands on a
+    run that can resume.
+
+    Registered, not only uploaded: a new controller resumes from the checkpoint manager's
+    snapshot, which Ray Train writes after the checkpoint's files, so a driver killed between
+    the two starts over."""
     import time
 
     import boto3
@@ -65,13 +70,16 @@ def wait_for_checkpoint(info: dict, train_run: str, proc=None, timeout: float = 
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    prefix = f"ray-results/{train_run}/checkpoint_"
+    snapshot_key = f"ray-results/{train_run}/checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + timeout
     while True:
-        found = [o["Key"] for o in s3.list_objects_v2(Bucket="depthlab", Prefix=prefix).get("Contents", [])
-                 if o["Key"].endswith("/checkpoint.pt")]
-        if found:
-            return found[0]
+        try:
+            snapshot = json.loads(s3.get_object(Bucket="depthlab", Key=snapshot_key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            snapshot = {}
+        latest = snapshot.get("latest_checkpoint_result") or {}
+        if latest.get("checkpoint_dir_name"):
+            return latest["checkpoint_dir_name"]
         assert proc is None or proc.poll() is None, f"{train_run} ended before its first checkpoint"
         assert time.monotonic() < deadline, f"no checkpoint of {train_run} within {timeout:.0f} s"
         time.sleep(0.5)
