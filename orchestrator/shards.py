@@ -23,12 +23,12 @@ import io
 import json
 import random
 import sys
+import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import webdataset
 from PIL import Image
 
 from orchestrator.cifar_source import find_cifar, load_cifar_split
@@ -62,13 +62,17 @@ def stored_image(data: bytes) -> tuple[bytes, str, str]:
     return out.getvalue(), ext, "converted"
 
 
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: reproducible bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
 def shard_bytes(samples: list[SourceSample]) -> tuple[bytes, dict]:
     """One shard's tar bytes, and counts of kept, converted and bad (skipped) images."""
     counts = {"kept": 0, "converted": 0, "bad": 0, "jpg": 0, "png": 0}
     buf = io.BytesIO()
-    # Fixed mtime, mode and owner: a shard's bytes are a pure function of its samples, so its
-    # SHA-256 changes only when its content does.
-    with webdataset.TarWriter(buf, encoder=False, mtime=0, mode=0o644, user="", group="") as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             data, ext, what = stored_image(s.read())
             counts[what] += 1
@@ -76,7 +80,8 @@ def shard_bytes(samples: list[SourceSample]) -> tuple[bytes, dict]:
                 print(f"  skipping undecodable image {s.key}", file=sys.stderr)
                 continue
             counts[ext] += 1
-            tar.write({"__key__": s.key, ext: data, "cls": str(s.label).encode()})
+            _add(tar, f"{s.key}.{ext}", data)
+            _add(tar, f"{s.key}.cls", str(s.label).encode())
     return buf.getvalue(), counts
 
 

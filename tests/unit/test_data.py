@@ -81,6 +81,27 @@ def test_shards_follow_the_contract(shards, demo_images):
     assert len(set(first)) > 1
 
 
+def test_a_shard_holds_what_webdatasets_own_writer_writes(shards):
+    """The builder writes its tars with the standard library (it also runs where webdataset is
+    not installed: the GPU check's machine); webdataset.TarWriter, given the same samples,
+    writes the same members with the same bytes."""
+    path = Path(shards, "train", "shard-000000.tar")
+    with tarfile.open(path) as tar:
+        ours = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    samples: dict[str, dict] = {}
+    for name, data in ours.items():
+        key, ext = name.split(".", 1)
+        samples.setdefault(key, {"__key__": key})[ext] = data
+    buf = io.BytesIO()
+    with webdataset.TarWriter(buf, encoder=False) as writer:
+        for sample in samples.values():
+            writer.write(sample)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        theirs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert ours == theirs and len(ours) == 60
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_eval_loader_sees_every_sample_once(shards, world, workers):
