@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -266,11 +269,10 @@ def _train_runs(spec: SweepSpec, sweep_id: str, todo, tracker, progress: SweepSt
             while queue and len(pending) < spec.cluster.max_concurrent_runs:
                 launch()
     except BaseException:
-        # Ctrl-C or `ray job stop`: leave now. The runs' threads are blocked in Ray Train until
-        # their runs end; the caller exits the process, and Ray stops the runs it owned.
+        # Ctrl-C or `ray job stop`: leave now (run_sweep closes the record). The runs' threads
+        # are blocked in Ray Train until their runs end; the caller exits the process, and Ray
+        # stops the runs it owned.
         pool.shutdown(wait=False, cancel_futures=True)
-        for cfg in pending.values():
-            tracker.set_status(cfg.mlflow_run_id, "KILLED")  # resumed when resubmitted
         raise
     pool.shutdown()
     return failures
@@ -373,16 +375,53 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
                         "give this submission a new --sweep-id, or set them back")
     check_cluster(spec)  # before any MLflow run exists: a refused sweep leaves no record
     parent_id = tracker.parent(spec.to_dict())
+    try:
+        return _run_recorded(spec, sweep_id, tracker, parent_id, fail_fast, plan)
+    except BaseException as exc:
+        # The driver dies (Ctrl-C, `ray job stop`, the cluster gone) wherever it was: the
+        # record must not stay "running". A second signal waits until it is written.
+        with signals_held():
+            try:
+                close_record(tracker, parent_id, killed=isinstance(exc, KeyboardInterrupt))
+            except Exception as record_error:  # MLflow itself gone: say so, keep the cause
+                print(f"warning: the sweep's MLflow record could not be closed: {record_error}",
+                      file=sys.stderr, flush=True)
+        raise
+
+
+def close_record(tracker, parent_id: str, *, killed: bool) -> None:
+    """Mark the sweep KILLED (or FAILED) and each of its runs still marked running KILLED:
+    a resubmission with the same sweep id resumes them."""
+    for role in ("tune", "train"):
+        for run in tracker.children(role):
+            if run.info.status == "RUNNING":
+                tracker.set_status(run.info.run_id, "KILLED")
+    tracker.set_status(parent_id, "KILLED" if killed else "FAILED")
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM wait (on the main thread) until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _run_recorded(spec: SweepSpec, sweep_id: str, tracker, parent_id: str, fail_fast: bool,
+                  plan: list[dict] | None) -> int:
+    """run_sweep's work once the sweep's MLflow run exists."""
     sizes = {row["run"]: row for row in (plan or plan_rows(spec))}
     dataset = dataset_record(spec)
     print(f"MLflow: {tracker.ui_url()} (this sweep: {tracker.ui_url(parent_id)})", flush=True)
     configs = spec.runs()
     if spec.tune:
-        try:
-            chosen = tune_stage(spec, sweep_id, tracker, parent_id, sizes, dataset, fail_fast)
-        except BaseException:
-            tracker.set_status(parent_id, "FAILED")
-            raise
+        chosen = tune_stage(spec, sweep_id, tracker, parent_id, sizes, dataset, fail_fast)
         configs = [cfg.replace(lr=chosen[net_key(cfg)]) for cfg in configs]
     todo, skipped = [], 0
     for cfg in configs:
@@ -399,10 +438,6 @@ def run_sweep(spec: SweepSpec, sweep_id: str, *, fail_fast: bool = False,
     progress = SweepStatus(len(todo) + skipped, skipped, tracker)
     try:
         failures = _train_runs(spec, sweep_id, todo, tracker, progress, fail_fast)
-    except BaseException as exc:
-        # The driver dies (Ctrl-C, cluster gone): the sweep's record must not stay "running".
-        tracker.set_status(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
     finally:
         progress.stop()
     title = f"{spec.experiment}: sweep {sweep_id}"
