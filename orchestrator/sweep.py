@@ -46,8 +46,8 @@ def plan_rows(spec: SweepSpec) -> list[dict]:
     return rows
 
 
-# Effective training rate of one accelerator, for the dry run's estimate: NVIDIA's ResNet-50
-# reference, 2,470 images/s on an A100 at about 24.6 GFLOPs an image, is about 61 TFLOP/s.
+# Effective training rate of one accelerator for the dry run's estimate: an A100-class GPU in
+# bf16 (where the figure comes from: docs/configuration.md).
 DEFAULT_TFLOPS = 60.0
 
 

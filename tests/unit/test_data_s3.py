@@ -150,3 +150,8 @@ def test_stock_webdataset_reads_the_s3_shards_as_the_docs_show(s3_shards, shards
                            shardshuffle=False).to_tuple("__key__", "jpg;png", "cls")
     assert from_s3 == {key: (image, int(label)) for key, image, label in local}
     assert len(from_s3) == manifest.num_samples
+    # The docs' chain: decoded images and labels.
+    image, label = next(iter(wds.WebDataset(f"{s3_shards}/val/shard-{{000000..{last:06d}}}.tar",
+                                            shardshuffle=False)
+                             .decode("pil").to_tuple("jpg;png", "cls")))
+    assert image.size == (16, 16) and 0 <= int(label) < 4
